@@ -1,0 +1,100 @@
+"""The one way every service runs its grpc.aio server.
+
+Start-up order: listen with health NOT_SERVING, start the real dependency
+(model, database pool), then report SERVING. On SIGTERM or SIGINT: health goes
+NOT_SERVING so load balancers drain, in-flight calls get the grace period, then
+the dependency is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.sdk.trace import TracerProvider
+
+from services.common.errors_interceptor import ErrorInterceptor
+from services.common.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """What serve() needs from a service."""
+
+    # Full names of the gRPC services, e.g. "rag.embedder.v1.EmbedderService".
+    service_names: Sequence[str]
+    # Adds the servicers to the server.
+    register: Callable[[grpc.aio.Server], None]
+    # Makes the real dependency ready; the service is SERVING once it returns.
+    start: Callable[[], Awaitable[None]]
+    # Releases the dependency after the server has stopped.
+    stop: Callable[[], Awaitable[None]]
+
+
+def untraced_calls() -> filters.Condition:  # type: ignore[name-defined]
+    """Health checks and reflection would drown real traces; keep them out."""
+    return filters.negate(
+        filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
+    )
+
+
+async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provider: TracerProvider) -> None:
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(tracer_provider=tracer_provider, filter_=untraced_calls()),
+            ErrorInterceptor(),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    binding.register(server)
+    reflection.enable_server_reflection(
+        [*binding.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    await _set_all(health_servicer, binding.service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.add_insecure_port(settings.address)
+    await server.start()
+    log.info("listening on %s; starting dependencies", settings.address)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    starting = asyncio.create_task(binding.start())
+    await asyncio.wait([starting, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()  # a failed start-up ends the process with its error
+        await _set_all(health_servicer, binding.service_names, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving")
+        await stopping.wait()
+    else:
+        starting.cancel()
+
+    log.info("stopping: draining for up to %.1fs", settings.grace_period_s)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_period_s)
+    await binding.stop()
+    tracer_provider.shutdown()
+    log.info("stopped")
+
+
+async def _set_all(
+    health_servicer: health.aio.HealthServicer, service_names: Sequence[str], status: int
+) -> None:
+    # "" is the overall server health that plain `grpc_health_probe` asks for.
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
