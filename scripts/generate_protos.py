@@ -45,7 +45,9 @@ def generate(output: Path) -> None:
 
 def differences(left: Path, right: Path) -> list[str]:
     comparison = filecmp.dircmp(left, right)
-    found = [str(left / name) for name in comparison.left_only + comparison.right_only + comparison.diff_files]
+    found = [
+        str(left / name) for name in comparison.left_only + comparison.right_only + comparison.diff_files
+    ]
     for sub in comparison.common_dirs:
         found += differences(left / sub, right / sub)
     return found
@@ -59,7 +61,9 @@ def main() -> None:
         fresh = Path(scratch)
         generate(fresh)
         if check:
-            stale = differences(OUTPUT_ROOT / "rag", fresh / "rag") if OUTPUT_ROOT.exists() else ["gen/python"]
+            stale = (
+                differences(OUTPUT_ROOT / "rag", fresh / "rag") if OUTPUT_ROOT.exists() else ["gen/python"]
+            )
             if stale:
                 sys.exit("generated code is stale; run scripts/generate_protos.py:\n" + "\n".join(stale))
             return

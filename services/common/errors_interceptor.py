@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import ServiceError
 from services.common.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
+
+
+# Where gRPC carries a google.rpc.Status with rich error details.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _status_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
@@ -31,7 +34,7 @@ def _status_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
         packed.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         details.append(packed)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    return tuple(rpc_status.to_status(status).trailing_metadata)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException, method: str) -> None:
@@ -40,13 +43,7 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseExcepti
         await context.abort(error.code, error.message, trailing_metadata=_status_metadata(error))
     trace_id = current_trace_id()
     log.exception("%s failed unexpectedly", method, exc_info=error)
-    await context.abort(
-        grpc.StatusCode.INTERNAL,
-        f"internal error; trace id {trace_id}",
-        trailing_metadata=tuple(
-            rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")).trailing_metadata
-        ),
-    )
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error; trace id {trace_id}")
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
@@ -61,7 +58,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return call
 
 
-def _wrap_server_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_server_stream(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
@@ -77,9 +76,9 @@ def _wrap_server_stream(behavior: Callable[..., AsyncIterator[Any]], method: str
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -92,7 +91,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_server_stream(handler.unary_stream, method),
+                # Our servicers' streaming handlers are async generators; the
+                # stubs only know the sync server's iterator type.
+                _wrap_server_stream(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,22 +36,22 @@ class ServiceBinding:
     # Adds the servicers to the server.
     register: Callable[[grpc.aio.Server], None]
     # Makes the real dependency ready; the service is SERVING once it returns.
-    start: Callable[[], Awaitable[None]]
+    start: Callable[[], Coroutine[Any, Any, None]]
     # Releases the dependency after the server has stopped.
-    stop: Callable[[], Awaitable[None]]
+    stop: Callable[[], Coroutine[Any, Any, None]]
 
 
-def untraced_calls() -> filters.Condition:  # type: ignore[name-defined]
+def untraced_calls() -> filters.Condition[grpc.HandlerCallDetails]:
     """Health checks and reflection would drown real traces; keep them out."""
-    return filters.negate(
-        filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection"))
-    )
+    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
 
 
 async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provider: TracerProvider) -> None:
     server = grpc.aio.server(
         interceptors=[
-            aio_server_interceptor(tracer_provider=tracer_provider, filter_=untraced_calls()),
+            aio_server_interceptor(  # type: ignore[no-untyped-call]
+                tracer_provider=tracer_provider, filter_=untraced_calls()
+            ),
             ErrorInterceptor(),
         ],
         options=[

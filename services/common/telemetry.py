@@ -37,7 +37,9 @@ def _exporters_from_env() -> list[SpanExporter]:
         elif name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name != "none":
-            raise ValueError(f"OTEL_TRACES_EXPORTER: unsupported exporter {name!r}; use otlp, console or none")
+            raise ValueError(
+                f"OTEL_TRACES_EXPORTER: unsupported exporter {name!r}; use otlp, console or none"
+            )
     return exporters
 
 

@@ -21,7 +21,9 @@ def require_text(value: str, field: str, *, max_chars: int) -> str:
     if not value.strip():
         raise InvalidArgument(f"{field} must not be empty or blank", field=field)
     if len(value) > max_chars:
-        raise InvalidArgument(f"{field} must be at most {max_chars} characters, got {len(value)}", field=field)
+        raise InvalidArgument(
+            f"{field} must be at most {max_chars} characters, got {len(value)}", field=field
+        )
     return value
 
 

@@ -32,10 +32,10 @@ class TokenChunker:
 
     def split(self, text: str, max_tokens: int, overlap: int) -> list[Chunk]:
         if max_tokens < 1 or not 0 <= overlap < max_tokens:
-            raise ValueError(f"need max_tokens >= 1 and 0 <= overlap < max_tokens, got {max_tokens}, {overlap}")
-        encoding = self._tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
+            raise ValueError(
+                f"need max_tokens >= 1 and 0 <= overlap < max_tokens, got {max_tokens}, {overlap}"
+            )
+        encoding = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets: list[tuple[int, int]] = encoding["offset_mapping"]
         word_ids: list[int | None] = encoding.word_ids()
         chunks: list[Chunk] = []

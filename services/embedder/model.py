@@ -50,12 +50,16 @@ class EmbeddingModel:
     @property
     def dimension(self) -> int:
         dimension = self._model.get_embedding_dimension()
-        assert dimension is not None, "the model does not report its embedding dimension"
+        if dimension is None:
+            raise RuntimeError(f"{self.name} does not report its embedding dimension")
         return int(dimension)
 
     @property
     def max_tokens(self) -> int:
-        return int(self._model.max_seq_length)
+        limit = self._model.max_seq_length
+        if limit is None:
+            raise RuntimeError(f"{self.name} does not report its maximum sequence length")
+        return int(limit)
 
     @property
     def tokenizer(self) -> Any:

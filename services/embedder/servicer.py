@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
+
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
@@ -67,7 +67,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
     async def Chunk(self, request: embedder_pb2.ChunkRequest, context: Context) -> embedder_pb2.ChunkResponse:
         if len(request.text) > MAX_CHUNK_TEXT_CHARS:
             raise InvalidArgument(
-                f"text must be at most {MAX_CHUNK_TEXT_CHARS} characters, got {len(request.text)}", field="text"
+                f"text must be at most {MAX_CHUNK_TEXT_CHARS} characters, got {len(request.text)}",
+                field="text",
             )
         model = self._model.value
         limit = model.max_tokens - 2  # room for the [CLS] and [SEP] the model adds

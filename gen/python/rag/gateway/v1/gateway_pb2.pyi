@@ -33,7 +33,7 @@ class RetrievalOptions(_message.Message):
     RERANK_FIELD_NUMBER: _builtins.int
     EF_SEARCH_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
-    """1..100; 0 means the server default."""
+    """1..100; unset means the server default."""
     mode: _common_pb2.SearchMode.ValueType
     ef_search: _builtins.int
     @_builtins.property
@@ -45,20 +45,25 @@ class RetrievalOptions(_message.Message):
     def __init__(
         self,
         *,
-        top_k: _builtins.int = ...,
+        top_k: _builtins.int | None = ...,
         mode: _common_pb2.SearchMode.ValueType = ...,
         filter: _common_pb2.MetadataFilter | None = ...,
         fusion: _common_pb2.FusionParams | None = ...,
         rerank: _common_pb2.RerankParams | None = ...,
         ef_search: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "rerank", b"rerank"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ef_search: _TypeAlias = _typing.Literal["ef_search"]  # noqa: Y015
     _WhichOneofArgType__ef_search: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search"]  # noqa: Y015
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ef_search) -> _WhichOneofReturnType__ef_search | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___RetrievalOptions: _TypeAlias = RetrievalOptions  # noqa: Y015
 

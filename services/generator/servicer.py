@@ -1,0 +1,138 @@
+"""GeneratorService: proto <-> generator domain types, with input checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from opentelemetry import trace
+from rag.common.v1 import common_pb2
+from rag.generator.v1 import generator_pb2, generator_pb2_grpc
+
+from services.common.errors import InvalidArgument
+from services.common.timing import StageTimer
+from services.common.validation import require_range, require_text
+from services.generator.backends.base import AnswerBackend
+from services.generator.sources import Answer, GenerationOptions, Source, Turn
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_QUESTION_CHARS = 4000
+MAX_CONTEXT_CHUNKS = 100
+MAX_HISTORY_TURNS = 50
+MAX_TEMPERATURE = 2.0
+MAX_ANSWER_TOKENS = 8192
+
+_ROLES = {common_pb2.CHAT_ROLE_USER: "user", common_pb2.CHAT_ROLE_ASSISTANT: "assistant"}
+_OUTCOMES = {True: generator_pb2.ANSWER_OUTCOME_ANSWERED, False: generator_pb2.ANSWER_OUTCOME_NO_ANSWER}
+
+
+class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
+    def __init__(self, backend: AnswerBackend, default_max_tokens: int) -> None:
+        self._backend = backend
+        self._default_max_tokens = default_max_tokens
+        self._tracer = trace.get_tracer(__name__)
+
+    async def Generate(
+        self, request: generator_pb2.GenerateRequest, context: Context
+    ) -> generator_pb2.GenerateResponse:
+        question, sources, history, options = self._parse(request, "")
+        timer = StageTimer(self._tracer, "rag.generator")
+        with timer.stage("generate") as span:
+            span.set_attribute("rag.generator.sources", len(sources))
+            answer = await self._backend.answer(question, sources, history, options)
+        return _response(answer, timer)
+
+    async def GenerateStream(
+        self, request: generator_pb2.GenerateStreamRequest, context: Context
+    ) -> AsyncIterator[generator_pb2.GenerateStreamResponse]:
+        question, sources, history, options = self._parse(request.request, "request.")
+        timer = StageTimer(self._tracer, "rag.generator")
+        with timer.stage("generate"):
+            async for event in self._backend.stream(question, sources, history, options):
+                if isinstance(event, Answer):
+                    final = event
+                else:
+                    yield generator_pb2.GenerateStreamResponse(delta=generator_pb2.AnswerDelta(text=event))
+        yield generator_pb2.GenerateStreamResponse(final=_response(final, timer))
+
+    def _parse(
+        self, request: generator_pb2.GenerateRequest, prefix: str
+    ) -> tuple[str, list[Source], list[Turn], GenerationOptions]:
+        question = require_text(request.question, f"{prefix}question", max_chars=MAX_QUESTION_CHARS)
+        require_range(len(request.context), f"{prefix}context (count)", 0, MAX_CONTEXT_CHUNKS)
+        require_range(len(request.history), f"{prefix}history (count)", 0, MAX_HISTORY_TURNS)
+        return (
+            question,
+            _sources(request.context),
+            _history(request.history, prefix),
+            self._options(request, prefix),
+        )
+
+    def _options(self, request: generator_pb2.GenerateRequest, prefix: str) -> GenerationOptions:
+        options = request.options
+        temperature = options.temperature if options.HasField("temperature") else 0.0
+        if not 0.0 <= temperature <= MAX_TEMPERATURE:
+            raise InvalidArgument(
+                f"{prefix}options.temperature must be 0..{MAX_TEMPERATURE}, got {temperature}",
+                field=f"{prefix}options.temperature",
+            )
+        max_tokens = options.max_tokens if options.HasField("max_tokens") else self._default_max_tokens
+        require_range(max_tokens, f"{prefix}options.max_tokens", 1, MAX_ANSWER_TOKENS)
+        return GenerationOptions(temperature=temperature, max_tokens=max_tokens)
+
+
+def _sources(context: Sequence[generator_pb2.ContextChunk]) -> list[Source]:
+    # Source n is context[n-1], so [n] means the same thing to every caller.
+    return [
+        Source(
+            number=index + 1,
+            document_id=chunk.document_id,
+            chunk_index=chunk.chunk_index,
+            title=chunk.title,
+            text=chunk.text,
+            score=chunk.score,
+            metadata=json_format.MessageToDict(chunk.metadata),
+        )
+        for index, chunk in enumerate(context)
+    ]
+
+
+def _history(turns: Sequence[common_pb2.ChatTurn], prefix: str) -> list[Turn]:
+    history = []
+    for index, turn in enumerate(turns):
+        role = _ROLES.get(turn.role)
+        if role is None:
+            raise InvalidArgument(
+                f"{prefix}history[{index}].role must be CHAT_ROLE_USER or CHAT_ROLE_ASSISTANT",
+                field=f"{prefix}history[{index}].role",
+            )
+        history.append(Turn(role=role, content=turn.content))  # type: ignore[arg-type]
+    return history
+
+
+def _response(answer: Answer, timer: StageTimer) -> generator_pb2.GenerateResponse:
+    return generator_pb2.GenerateResponse(
+        answer=answer.text,
+        outcome=_OUTCOMES[answer.answered],
+        citations=[
+            generator_pb2.Citation(
+                source_number=c.source_number,
+                context_index=c.source_number - 1,
+                document_id=c.document_id,
+                chunk_index=c.chunk_index,
+                quote=c.quote,
+            )
+            for c in answer.citations
+        ],
+        invalid_citation_numbers=answer.invalid_citation_numbers,
+        usage=generator_pb2.TokenUsage(
+            prompt_tokens=answer.usage.prompt_tokens,
+            completion_tokens=answer.usage.completion_tokens,
+            total_tokens=answer.usage.prompt_tokens + answer.usage.completion_tokens,
+        ),
+        backend=answer.backend,
+        timings=timer.to_proto(),
+    )

@@ -1,0 +1,180 @@
+"""Schema migration, run by every retriever replica at start-up.
+
+Migrations are numbered and applied in order, each recorded in
+`rag_schema_migrations`, all in one transaction that holds an advisory lock:
+replicas starting together queue on the lock, the first applies what is
+missing, the rest find nothing left to do. A failed start-up leaves the schema
+as it was.
+
+To change the schema, append one `Migration` to `MIGRATIONS`; never edit one
+that has shipped. (The keyword leg, for one, will arrive as a migration adding
+a tsvector column and its index to rag_chunks.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+# Any fixed bigint will do, as long as nothing else in the database uses it for
+# another purpose. These are the bytes of "ragschma".
+MIGRATION_LOCK_KEY = 0x7261_6773_6368_6D61
+
+# pgvector's limits: HNSW indexes vectors of up to 2000 dimensions; m is
+# 2..100 and ef_construction 4..1000, at least 2 * m.
+MAX_INDEXED_DIMENSION = 2000
+
+# pg_input_is_valid, which time-range filters use, came in PostgreSQL 16.
+MIN_SERVER_VERSION_NUM = 160000
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaSettings:
+    """The deployment settings a migration may need. Validated ints, safe to format into DDL."""
+
+    dimension: int
+    hnsw_m: int
+    hnsw_ef_construction: int
+
+    def __post_init__(self) -> None:
+        # DDL cannot take parameters, so these are formatted into SQL: they
+        # must be plain ints in range. This is configuration, not caller input,
+        # hence ValueError rather than InvalidArgument.
+        _require_int("dimension", self.dimension, 1, MAX_INDEXED_DIMENSION)
+        _require_int("hnsw_m", self.hnsw_m, 2, 100)
+        _require_int("hnsw_ef_construction", self.hnsw_ef_construction, 2 * self.hnsw_m, 1000)
+
+
+MigrationStep = str | Callable[[asyncpg.Connection, SchemaSettings], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    # Plain SQL, or a coroutine function for steps that need the settings.
+    apply: MigrationStep
+
+
+async def _create_documents_and_chunks(conn: asyncpg.Connection, settings: SchemaSettings) -> None:
+    await conn.execute(
+        """
+        CREATE TABLE rag_documents (
+            namespace    text        NOT NULL,
+            document_id  text        NOT NULL,
+            content_hash text        NOT NULL,
+            title        text        NOT NULL DEFAULT '',
+            metadata     jsonb       NOT NULL DEFAULT '{}',
+            chunk_count  int         NOT NULL,
+            created_at   timestamptz NOT NULL DEFAULT now(),
+            updated_at   timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (namespace, document_id)
+        )
+        """
+    )
+    # metadata and content_hash are copies of the document's, so a filtered
+    # search reads one table. The unique constraint's index, led by
+    # (namespace, document_id), serves the per-document deletes and the
+    # cascade; a second btree on those two columns would only slow writes.
+    await conn.execute(
+        f"""
+        CREATE TABLE rag_chunks (
+            id           bigserial   PRIMARY KEY,
+            namespace    text        NOT NULL,
+            document_id  text        NOT NULL,
+            chunk_index  int         NOT NULL,
+            text         text        NOT NULL,
+            start_char   int,
+            end_char     int,
+            metadata     jsonb       NOT NULL,
+            content_hash text        NOT NULL,
+            embedding    vector({settings.dimension}) NOT NULL,
+            UNIQUE (namespace, document_id, chunk_index),
+            FOREIGN KEY (namespace, document_id)
+                REFERENCES rag_documents (namespace, document_id) ON DELETE CASCADE
+        )
+        """
+    )
+    await conn.execute(
+        f"""
+        CREATE INDEX rag_chunks_embedding_hnsw ON rag_chunks
+            USING hnsw (embedding vector_cosine_ops)
+            WITH (m = {settings.hnsw_m}, ef_construction = {settings.hnsw_ef_construction})
+        """
+    )
+    await conn.execute(
+        "CREATE INDEX rag_chunks_metadata_gin ON rag_chunks USING gin (metadata jsonb_path_ops)"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
+)
+
+
+async def migrate(
+    conn: asyncpg.Connection, *, dimension: int, hnsw_m: int, hnsw_ef_construction: int
+) -> None:
+    """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings."""
+    settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction)
+    await _require_server_version(conn)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        # Under the lock: two replicas creating the extension at once would
+        # otherwise race on pg_extension's unique index.
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS rag_schema_migrations (
+                version    int         PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        await _check_dimension(conn, settings.dimension)
+        applied = {row["version"] for row in await conn.fetch("SELECT version FROM rag_schema_migrations")}
+        for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+            if migration.version not in applied:
+                await _apply(conn, migration, settings)
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration, settings: SchemaSettings) -> None:
+    if isinstance(migration.apply, str):
+        await conn.execute(migration.apply)
+    else:
+        await migration.apply(conn, settings)
+    await conn.execute("INSERT INTO rag_schema_migrations (version) VALUES ($1)", migration.version)
+
+
+async def _require_server_version(conn: asyncpg.Connection) -> None:
+    version_num = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+    if version_num < MIN_SERVER_VERSION_NUM:
+        raise RuntimeError(f"the retriever needs PostgreSQL 16 or later; the server is {version_num}")
+
+
+async def _check_dimension(conn: asyncpg.Connection, dimension: int) -> None:
+    """Refuse to start against chunks stored with another embedding dimension.
+
+    Checked before any migration runs, so a mismatched start-up changes nothing.
+    For pgvector's `vector(n)` the column's type modifier is n.
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT a.atttypmod, format_type(a.atttypid, a.atttypmod) AS type
+        FROM pg_attribute a
+        WHERE a.attrelid = to_regclass('rag_chunks') AND a.attname = 'embedding' AND NOT a.attisdropped
+        """
+    )
+    if row is not None and row["atttypmod"] != dimension:
+        raise RuntimeError(
+            f"rag_chunks.embedding is stored as {row['type']} but the retriever is configured for "
+            f"dimension {dimension}; use a database made for this dimension, or re-create the tables "
+            "and re-ingest the documents"
+        )
+
+
+def _require_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import logging
+
+import grpc
+from opentelemetry.sdk.trace import TracerProvider
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+
+from services.common.deferred import Deferred
+from services.common.server import ServiceBinding, serve
+from services.retriever.config import RetrieverSettings
+from services.retriever.servicer import RetrieverServicer
+from services.retriever.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
+
+
+async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> None:
+    store: Deferred[ChunkStore] = Deferred("the database connection pool")
+    servicer = RetrieverServicer(store, settings.embedding_dimension)
+
+    def register(server: grpc.aio.Server) -> None:
+        retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
+
+    async def start() -> None:
+        connected = await ChunkStore.connect(
+            settings.database_url.get_secret_value(),
+            dimension=settings.embedding_dimension,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construction=settings.hnsw_ef_construction,
+            default_ef_search=settings.default_ef_search,
+            min_pool_size=settings.pool_min_size,
+            max_pool_size=settings.pool_max_size,
+        )
+        await connected.ping()
+        log.info("database ready; schema migrated (dimension %d)", settings.embedding_dimension)
+        store.resolve(connected)
+
+    async def stop() -> None:
+        if store.ready:
+            await store.value.close()
+
+    await serve(settings, ServiceBinding([SERVICE_NAME], register, start, stop), tracer_provider)

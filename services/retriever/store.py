@@ -1,0 +1,549 @@
+"""ChunkStore: documents, their chunks and embeddings in PostgreSQL with pgvector.
+
+Plain async Python over an asyncpg pool, testable without gRPC. Every method
+is scoped to one namespace; no query reads or writes another. Caller input is
+checked here and refused with InvalidArgument before any SQL runs; a database
+that cannot be reached surfaces as Unavailable.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+from pgvector.asyncpg import register_vector
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.validation import require_namespace, require_range, require_text
+from services.retriever.filters import Filter, compile_filter
+from services.retriever.schema import MAX_INDEXED_DIMENSION, migrate
+
+MAX_TOP_K = 100
+MAX_EF_SEARCH = 1000
+MAX_DOCUMENT_ID_CHARS = 512
+MAX_CONTENT_HASH_CHARS = 256
+_INT32_MAX = 2**31 - 1
+
+Embedding: TypeAlias = Sequence[float] | npt.NDArray[np.floating[Any]]
+"""A list of floats or a 1-d numpy array, as the embedder hands them over."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInput:
+    index: int
+    text: str
+    embedding: Embedding
+    start_char: int
+    end_char: int
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInput:
+    document_id: str
+    # Hash of the content the chunks were made from; an equal stored hash means nothing to write.
+    content_hash: str
+    title: str
+    metadata: Mapping[str, Any]
+    chunks: Sequence[ChunkInput]
+
+
+class UpsertStatus(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    document_id: str
+    status: UpsertStatus
+    chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegScore:
+    """Where a hit stood in one leg of the search: 1-based rank and that leg's score."""
+
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    document_id: str
+    chunk_index: int
+    text: str
+    title: str
+    metadata: dict[str, Any]
+    score: float
+    dense: LegScore | None
+    keyword: LegScore | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    document_id: str
+    content_hash: str
+    chunk_count: int
+
+
+# Errors meaning the database is out of reach rather than the request wrong.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+# relaxed_order lets a filtered HNSW scan keep going until it has LIMIT rows
+# that pass the filter (or has visited hnsw.max_scan_tuples, 20,000 by
+# default), instead of stopping after ef_search candidates. The rows may come
+# slightly out of order, so the outer query sorts them again.
+_SEARCH_SETTINGS_SQL = """
+SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)
+"""
+
+# {where} and {selection} below are SQL from our code: the namespace test and
+# filters.compile_filter's output, which holds placeholders, never input.
+_SEARCH_SQL = """
+WITH nearest AS MATERIALIZED (
+    SELECT c.document_id, c.chunk_index, c.text, c.metadata, c.embedding <=> $2::vector AS distance
+    FROM rag_chunks c
+    WHERE {where}
+    ORDER BY distance
+    LIMIT $3
+)
+SELECT n.document_id, n.chunk_index, n.text, n.metadata, d.title, n.distance
+FROM nearest n
+JOIN rag_documents d ON d.namespace = $1 AND d.document_id = n.document_id
+ORDER BY n.distance, n.document_id, n.chunk_index
+"""
+
+_LOCK_DOCUMENT_SQL = """
+SELECT content_hash, chunk_count FROM rag_documents WHERE namespace = $1 AND document_id = $2 FOR UPDATE
+"""
+
+_INSERT_DOCUMENT_SQL = """
+INSERT INTO rag_documents (namespace, document_id, content_hash, title, metadata, chunk_count)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (namespace, document_id) DO NOTHING
+RETURNING true
+"""
+
+_UPDATE_DOCUMENT_SQL = """
+UPDATE rag_documents
+SET content_hash = $3, title = $4, metadata = $5, chunk_count = $6, updated_at = now()
+WHERE namespace = $1 AND document_id = $2
+"""
+
+_DELETE_SQL = """
+WITH deleted AS (
+    DELETE FROM rag_documents d WHERE d.namespace = $1 AND ({selection}) RETURNING d.chunk_count
+)
+SELECT count(*) AS documents, coalesce(sum(chunk_count), 0) AS chunks FROM deleted
+"""
+
+_CHUNK_COLUMNS = (
+    "namespace",
+    "document_id",
+    "chunk_index",
+    "text",
+    "start_char",
+    "end_char",
+    "metadata",
+    "content_hash",
+    "embedding",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedDocument:
+    """A validated document, ready to write."""
+
+    document_id: str
+    content_hash: str
+    title: str
+    metadata: dict[str, Any]
+    chunks: list[tuple[int, str, int, int, npt.NDArray[np.float32]]]
+
+
+class ChunkStore:
+    """Documents and chunks of every namespace, with dense (HNSW, cosine) search.
+
+    The store owns `pool` and closes it in `close()`. Use `connect()` to build
+    one: it migrates the schema and registers the codecs the store relies on.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, dimension: int, default_ef_search: int = 40) -> None:
+        if not 1 <= dimension <= MAX_INDEXED_DIMENSION:
+            raise ValueError(f"dimension must be 1..{MAX_INDEXED_DIMENSION}, got {dimension}")
+        if not 1 <= default_ef_search <= MAX_EF_SEARCH:
+            raise ValueError(f"default_ef_search must be 1..{MAX_EF_SEARCH}, got {default_ef_search}")
+        self._pool = pool
+        self._dimension = dimension
+        self._default_ef_search = default_ef_search
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        dimension: int,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 64,
+        default_ef_search: int = 40,
+        min_pool_size: int = 1,
+        max_pool_size: int = 10,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> ChunkStore:
+        """Migrate the schema, then open a pool whose connections speak `vector` and `jsonb`.
+
+        `server_settings` adds session settings for every connection (e.g.
+        statement_timeout). The time zone is UTC unless overridden, so
+        time-range filters read offset-less metadata timestamps as UTC.
+        """
+        settings = {"timezone": "UTC", "application_name": "rag-retriever", **(server_settings or {})}
+        # The vector type must exist before a connection can register its
+        # codec, so the migration runs on a plain connection first.
+        conn = await asyncpg.connect(dsn, server_settings=settings)
+        try:
+            await migrate(conn, dimension=dimension, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            init=_init_connection,
+            server_settings=settings,
+        )
+        return cls(pool, dimension=dimension, default_ef_search=default_ef_search)
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        """Raise Unavailable unless the database answers and holds the schema."""
+        async with self._connection() as conn:
+            await conn.execute("SELECT 1 FROM rag_chunks LIMIT 0")
+
+    async def upsert(self, namespace: str, documents: Sequence[DocumentInput]) -> list[UpsertOutcome]:
+        """Store each document whole, or leave its previous version as it was.
+
+        Every document is validated before any is written. Each is then written
+        in its own transaction, so a failure part-way through a batch keeps the
+        documents before it (a retry reports them UNCHANGED).
+        """
+        require_namespace(namespace)
+        prepared = self._prepare_documents(documents)
+        if not prepared:
+            return []
+        outcomes: list[UpsertOutcome] = []
+        async with self._connection() as conn:
+            for document in prepared:
+                outcomes.append(await _upsert_document(conn, namespace, document))
+        return outcomes
+
+    async def delete(
+        self, namespace: str, document_ids: Sequence[str] = (), filter: Filter | None = None
+    ) -> tuple[int, int]:
+        """Delete the listed documents and those whose metadata match `filter`.
+
+        Returns (documents, chunks) deleted. With neither ids nor filter,
+        InvalidArgument: an empty selection is more likely a bug than a wish.
+        """
+        require_namespace(namespace)
+        if not document_ids and filter is None:
+            raise InvalidArgument("delete needs document_ids, a filter, or both", field="document_ids")
+        ids = _require_document_ids(document_ids)
+        params: list[object] = [namespace, ids]
+        selection = "d.document_id = ANY($2::text[])"
+        if filter is not None:
+            selection += " OR " + compile_filter(filter, params, "d.metadata")
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_DELETE_SQL.format(selection=selection), *params)
+        return int(row["documents"]), int(row["chunks"])
+
+    async def search_dense(
+        self,
+        namespace: str,
+        embedding: Embedding,
+        top_k: int,
+        *,
+        filter: Filter | None = None,
+        ef_search: int | None = None,
+    ) -> list[Hit]:
+        """The top_k chunks nearest to `embedding` by cosine distance; score = 1 - distance."""
+        require_namespace(namespace)
+        require_range(top_k, "top_k", 1, MAX_TOP_K)
+        if ef_search is None:
+            ef_search = self._default_ef_search
+        require_range(ef_search, "ef_search", 1, MAX_EF_SEARCH)
+        query = self._embedding(embedding, "query_embedding", "query")
+        params: list[object] = [namespace, query, top_k]
+        where = "c.namespace = $1"
+        if filter is not None:
+            where += " AND " + compile_filter(filter, params, "c.metadata")
+        async with self._connection() as conn, conn.transaction(readonly=True):
+            await conn.execute(_SEARCH_SETTINGS_SQL, str(ef_search))
+            rows = await conn.fetch(_SEARCH_SQL.format(where=where), *params)
+        return [_dense_hit(rank, row) for rank, row in enumerate(rows, start=1)]
+
+    async def stored_documents(self, namespace: str, document_ids: Sequence[str]) -> list[StoredDocument]:
+        """What is stored for these ids, in the order asked; ids not stored are absent."""
+        require_namespace(namespace)
+        ids = _require_document_ids(document_ids)
+        if not ids:
+            return []
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT document_id, content_hash, chunk_count FROM rag_documents"
+                " WHERE namespace = $1 AND document_id = ANY($2::text[])",
+                namespace,
+                ids,
+            )
+        stored = {
+            row["document_id"]: StoredDocument(row["document_id"], row["content_hash"], row["chunk_count"])
+            for row in rows
+        }
+        return [stored[i] for i in dict.fromkeys(ids) if i in stored]
+
+    async def content_hashes(self, namespace: str, document_ids: Sequence[str]) -> dict[str, str]:
+        """Stored content hash by document id; ids not stored are absent."""
+        return {d.document_id: d.content_hash for d in await self.stored_documents(namespace, document_ids)}
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with _unavailable_on_connection_errors():
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    # Validation: everything is checked before anything is written.
+
+    def _prepare_documents(self, documents: Sequence[DocumentInput]) -> list[_PreparedDocument]:
+        prepared: list[_PreparedDocument] = []
+        seen: set[str] = set()
+        for i, document in enumerate(documents):
+            item = self._prepare_document(document, f"documents[{i}]")
+            if item.document_id in seen:
+                raise InvalidArgument(
+                    f"document {item.document_id!r:.80} appears more than once in one upsert",
+                    field=f"documents[{i}].document_id",
+                )
+            seen.add(item.document_id)
+            prepared.append(item)
+        return prepared
+
+    def _prepare_document(self, document: DocumentInput, field: str) -> _PreparedDocument:
+        document_id = _require_plain_text(
+            document.document_id, f"{field}.document_id", max_chars=MAX_DOCUMENT_ID_CHARS
+        )
+        what = f"document {document_id!r:.80}"
+        content_hash = _require_plain_text(
+            document.content_hash, f"{field}.content_hash", max_chars=MAX_CONTENT_HASH_CHARS
+        )
+        if "\x00" in document.title:
+            raise InvalidArgument(f"{what}: title must not contain NUL characters", field=f"{field}.title")
+        if not document.chunks:
+            raise InvalidArgument(f"{what}: needs at least one chunk", field=f"{field}.chunks")
+        chunks = []
+        indexes: set[int] = set()
+        for j, chunk in enumerate(document.chunks):
+            chunk_field = f"{field}.chunks[{j}]"
+            if not 0 <= chunk.index <= _INT32_MAX:
+                raise InvalidArgument(
+                    f"{what}: chunk index must be 0..{_INT32_MAX}, got {chunk.index}",
+                    field=f"{chunk_field}.index",
+                )
+            if chunk.index in indexes:
+                raise InvalidArgument(
+                    f"{what}: chunk index {chunk.index} appears more than once", field=f"{chunk_field}.index"
+                )
+            indexes.add(chunk.index)
+            chunks.append(self._prepare_chunk(chunk, chunk_field, f"{what} chunk {chunk.index}"))
+        metadata = _require_metadata(document.metadata, f"{field}.metadata", what)
+        return _PreparedDocument(document_id, content_hash, document.title, metadata, chunks)
+
+    def _prepare_chunk(
+        self, chunk: ChunkInput, field: str, what: str
+    ) -> tuple[int, str, int, int, npt.NDArray[np.float32]]:
+        if "\x00" in chunk.text:
+            raise InvalidArgument(f"{what}: text must not contain NUL characters", field=f"{field}.text")
+        if not 0 <= chunk.start_char <= chunk.end_char <= _INT32_MAX:
+            raise InvalidArgument(
+                f"{what}: start_char and end_char must satisfy 0 <= start_char <= end_char, "
+                f"got {chunk.start_char} and {chunk.end_char}",
+                field=f"{field}.start_char",
+            )
+        embedding = self._embedding(chunk.embedding, f"{field}.embedding", what)
+        return chunk.index, chunk.text, chunk.start_char, chunk.end_char, embedding
+
+    def _embedding(self, value: Embedding, field: str, what: str) -> npt.NDArray[np.float32]:
+        """`value` as float32, with the configured dimension, finite and not all zeros."""
+        try:
+            # Values beyond float32's range become inf here and are refused below.
+            with np.errstate(over="ignore"):
+                array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{what}: embedding must be a list of numbers", field=field) from None
+        if array.ndim != 1 or array.shape[0] != self._dimension:
+            got = array.shape[0] if array.ndim == 1 else f"shape {array.shape}"
+            raise InvalidArgument(
+                f"{what}: embedding must have {self._dimension} values, got {got}", field=field
+            )
+        if not np.isfinite(array).all():
+            raise InvalidArgument(
+                f"{what}: embedding values must be finite (no NaN or infinity)", field=field
+            )
+        if not array.any():
+            # Cosine distance to a zero vector is undefined (NaN).
+            raise InvalidArgument(f"{what}: embedding must not be all zeros", field=field)
+        return array
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Per pooled connection: pgvector's codec, and jsonb as Python objects.
+
+    jsonb uses the binary format (a version byte, then JSON text) because
+    COPY, which writes the chunks, only speaks binary.
+    """
+    await register_vector(conn)
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        format="binary",
+    )
+
+
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return _JSONB_VERSION + json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+@contextmanager
+def _unavailable_on_connection_errors() -> Iterator[None]:
+    try:
+        yield
+    except _CONNECTION_ERRORS as exc:
+        raise Unavailable("the document store is unavailable; retry later") from exc
+
+
+async def _upsert_document(
+    conn: asyncpg.Connection, namespace: str, document: _PreparedDocument
+) -> UpsertOutcome:
+    """Write one document in its own transaction; a failure leaves the stored version untouched."""
+    values = (document.content_hash, document.title, document.metadata, len(document.chunks))
+    async with conn.transaction():
+        stored = await conn.fetchrow(_LOCK_DOCUMENT_SQL, namespace, document.document_id)
+        if stored is None:
+            if await conn.fetchval(_INSERT_DOCUMENT_SQL, namespace, document.document_id, *values):
+                await _copy_chunks(conn, namespace, document)
+                return UpsertOutcome(document.document_id, UpsertStatus.CREATED, len(document.chunks))
+            # Another writer created it between our read and our insert; its
+            # transaction has committed, so the row can now be locked.
+            stored = await conn.fetchrow(_LOCK_DOCUMENT_SQL, namespace, document.document_id)
+            if stored is None:
+                raise Unavailable(f"document {document.document_id!r:.80} changed while being written; retry")
+        if stored["content_hash"] == document.content_hash:
+            return UpsertOutcome(document.document_id, UpsertStatus.UNCHANGED, stored["chunk_count"])
+        await conn.execute(_UPDATE_DOCUMENT_SQL, namespace, document.document_id, *values)
+        await conn.execute(
+            "DELETE FROM rag_chunks WHERE namespace = $1 AND document_id = $2",
+            namespace,
+            document.document_id,
+        )
+        await _copy_chunks(conn, namespace, document)
+    return UpsertOutcome(document.document_id, UpsertStatus.UPDATED, len(document.chunks))
+
+
+async def _copy_chunks(conn: asyncpg.Connection, namespace: str, document: _PreparedDocument) -> None:
+    records = [
+        (
+            namespace,
+            document.document_id,
+            index,
+            text,
+            start_char,
+            end_char,
+            document.metadata,
+            document.content_hash,
+            embedding,
+        )
+        for index, text, start_char, end_char, embedding in document.chunks
+    ]
+    await conn.copy_records_to_table("rag_chunks", records=records, columns=_CHUNK_COLUMNS)
+
+
+def _dense_hit(rank: int, row: asyncpg.Record) -> Hit:
+    score = 1.0 - float(row["distance"])
+    return Hit(
+        document_id=row["document_id"],
+        chunk_index=row["chunk_index"],
+        text=row["text"],
+        title=row["title"],
+        metadata=row["metadata"],
+        score=score,
+        dense=LegScore(rank, score),
+        keyword=None,
+    )
+
+
+def _require_plain_text(value: str, field: str, *, max_chars: int) -> str:
+    require_text(value, field, max_chars=max_chars)
+    if "\x00" in value:
+        raise InvalidArgument(f"{field} must not contain NUL characters", field=field)
+    return value
+
+
+def _require_document_ids(document_ids: Sequence[str]) -> list[str]:
+    for i, document_id in enumerate(document_ids):
+        _require_plain_text(document_id, f"document_ids[{i}]", max_chars=MAX_DOCUMENT_ID_CHARS)
+    return list(document_ids)
+
+
+def _require_metadata(metadata: Mapping[str, Any], field: str, what: str) -> dict[str, Any]:
+    """A JSON object PostgreSQL's jsonb accepts: finite numbers, no NUL characters."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgument(f"{what}: metadata must be an object", field=field)
+    value = dict(metadata)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise InvalidArgument(
+            f"{what}: metadata must hold only strings, finite numbers, bools, nulls, lists and objects",
+            field=field,
+        ) from None
+    if _contains_nul(value):
+        raise InvalidArgument(f"{what}: metadata must not contain NUL characters", field=field)
+    return value
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(v) for v in value)
+    return False

@@ -1,0 +1,61 @@
+"""The whole system for the end-to-end tests: real processes, real PostgreSQL, real model."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from rag_cli.stack import DEFAULT_PORTS, Stack, free_port
+from tests.otlp_receiver import OtlpReceiver
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = REPO_ROOT / "samples"
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    receiver.start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
+    telemetry = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_receiver.port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    ports = {name: free_port() for name in DEFAULT_PORTS}
+    with Stack(data_dir=tmp_path_factory.mktemp("stack"), ports=ports, env=telemetry) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+    with grpc.insecure_channel(stack.gateway_target) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace of the test's own, so tests never see each other's documents."""
+    readable = re.sub(r"[^a-z0-9_-]+", "-", request.node.name.lower())
+    return f"t{next(_namespaces)}-{readable}"[:63]
+
+
+def sample_document(name: str) -> gateway_pb2.Document:
+    path = SAMPLES / name
+    return gateway_pb2.Document(id=name, title=path.stem.replace("-", " "), text=path.read_text())

@@ -1,0 +1,72 @@
+"""Start-up, graceful stop and a dependency that is down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from rag_cli.stack import Stack, free_port
+
+
+def _start(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env})
+
+
+def _wait_serving(target: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"{target} never reported SERVING")
+
+
+def test_sigterm_stops_a_service_cleanly() -> None:
+    port = free_port()
+    process = _start("services.generator", {"GENERATOR_PORT": str(port), "GENERATOR_GRACE_PERIOD_S": "2"})
+    try:
+        _wait_serving(f"127.0.0.1:{port}")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        process.kill()
+
+
+def test_a_dependency_that_is_down_gives_unavailable_not_a_hang(stack: Stack) -> None:
+    port = free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    gateway_process = _start(
+        "gateway",
+        {
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_EMBEDDER_TARGET": dead,
+            "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
+            "GATEWAY_GENERATOR_TARGET": stack.target("generator"),
+        },
+    )
+    try:
+        _wait_serving(f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                gateway.Ask(gateway_pb2.AskRequest(namespace="docs", question="Anyone there?"), timeout=20)
+    finally:
+        gateway_process.send_signal(signal.SIGTERM)
+        gateway_process.wait(timeout=15)
+
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    # UNAVAILABLE, not DEADLINE_EXCEEDED: the gateway gave up on the dead
+    # embedder after its retries instead of waiting out the caller's deadline.
+    assert "embedder is unavailable" in raised.value.details()  # type: ignore[attr-defined]
