@@ -1,18 +1,32 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+
+import asyncpg
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 
 from services.common.deferred import Deferred
+from services.common.errors import Unavailable
 from services.common.server import ServiceBinding, serve
 from services.retriever.config import RetrieverSettings
 from services.retriever.servicer import RetrieverServicer
 from services.retriever.store import ChunkStore
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_DELAY_S = 0.5
+RETRY_MAX_DELAY_S = 10.0
+UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    Unavailable,
+)
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
 
@@ -25,21 +39,37 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
     async def start() -> None:
-        connected = await ChunkStore.connect(
-            settings.database_url.get_secret_value(),
-            dimension=settings.embedding_dimension,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_construction=settings.hnsw_ef_construction,
-            default_ef_search=settings.default_ef_search,
-            min_pool_size=settings.pool_min_size,
-            max_pool_size=settings.pool_max_size,
-        )
-        await connected.ping()
+        store.resolve(await _connect_when_reachable(settings))
         log.info("database ready; schema migrated (dimension %d)", settings.embedding_dimension)
-        store.resolve(connected)
 
     async def stop() -> None:
         if store.ready:
             await store.value.close()
 
     await serve(settings, ServiceBinding([SERVICE_NAME], register, start, stop), tracer_provider)
+
+
+async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
+    """Connects and migrates, retrying while the database cannot be reached.
+
+    A database that is still starting (or briefly down) keeps the retriever
+    NOT_SERVING rather than crashing it; a wrong schema still fails at once.
+    """
+    delay = RETRY_FIRST_DELAY_S
+    while True:
+        try:
+            connected = await ChunkStore.connect(
+                settings.database_url.get_secret_value(),
+                dimension=settings.embedding_dimension,
+                hnsw_m=settings.hnsw_m,
+                hnsw_ef_construction=settings.hnsw_ef_construction,
+                default_ef_search=settings.default_ef_search,
+                min_pool_size=settings.pool_min_size,
+                max_pool_size=settings.pool_max_size,
+            )
+            await connected.ping()
+            return connected
+        except UNREACHABLE as error:
+            log.warning("database not reachable (%s); retrying in %.1fs", type(error).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)

@@ -70,3 +70,45 @@ def test_a_dependency_that_is_down_gives_unavailable_not_a_hang(stack: Stack) ->
     # UNAVAILABLE, not DEADLINE_EXCEEDED: the gateway gave up on the dead
     # embedder after its retries instead of waiting out the caller's deadline.
     assert "embedder is unavailable" in raised.value.details()  # type: ignore[attr-defined]
+
+
+def test_retriever_is_not_serving_until_its_database_is_reachable(tmp_path_factory: pytest.TempPathFactory) -> None:
+    port = free_port()
+    unreachable = f"postgresql://postgres@/postgres?host={tmp_path_factory.mktemp('no-db')}"
+    process = _start("services.retriever", {"RETRIEVER_PORT": str(port), "DATABASE_URL": unreachable})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = _first_health_answer(health)
+            call_error = _call_error(channel)
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=15)
+    finally:
+        process.kill()
+
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert call_error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "still starting" in (call_error.details() or "")
+    assert exit_code == 0, "SIGTERM during start-up still stops cleanly"
+
+
+def _first_health_answer(health: health_pb2_grpc.HealthStub) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return int(health.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _call_error(channel: grpc.Channel) -> grpc.RpcError:
+    from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+
+    retriever = retriever_pb2_grpc.RetrieverServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as raised:
+        retriever.GetDocumentHashes(
+            retriever_pb2.GetDocumentHashesRequest(namespace="docs", document_ids=["a"]), timeout=5
+        )
+    return raised.value
