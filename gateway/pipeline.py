@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from google.protobuf import struct_pb2
 from opentelemetry import trace
+
+from gateway.requests import IncomingDocument
+from gateway.upstream import Upstreams, calling
 from rag.common.v1 import common_pb2
 from rag.embedder.v1 import embedder_pb2
 from rag.gateway.v1 import gateway_pb2
 from rag.generator.v1 import generator_pb2
 from rag.retriever.v1 import retriever_pb2
-
-from gateway.requests import IncomingDocument
-from gateway.upstream import Upstreams, calling
 from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.timing import StageTimer
 
@@ -107,13 +107,18 @@ class Pipeline:
                 generator_pb2.GenerateStreamRequest(request=generate_request(request, retrieved.hits)),
                 timeout=deadline.remaining(),
             )
-            async for event in stream:
-                if event.HasField("delta"):
-                    if first_token_at is None:
-                        first_token_at = time.perf_counter()
-                    yield gateway_pb2.AskStreamResponse(delta=event.delta)
-                elif event.HasField("final"):
-                    final = event.final
+            try:
+                async for event in stream:
+                    if event.HasField("delta"):
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        yield gateway_pb2.AskStreamResponse(delta=event.delta)
+                    elif event.HasField("final"):
+                        final = event.final
+            finally:
+                # The caller went away (or we failed): stop the generator too,
+                # so an LLM does not go on writing an answer nobody reads.
+                stream.cancel()
         if final is None:
             raise Unavailable("generator: the answer stream ended without its final event")
         if first_token_at is not None:

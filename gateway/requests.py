@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
-from rag.gateway.v1 import gateway_pb2
 
 from gateway.config import GatewaySettings
+from rag.gateway.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
 from services.common.validation import require_range, require_text
 

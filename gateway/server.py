@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway.config import GatewaySettings
 from gateway.pipeline import Pipeline
 from gateway.servicer import GatewayServicer
 from gateway.upstream import Upstreams
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.server import ServiceBinding, serve
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -22,6 +22,7 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         generator_target=settings.generator_target,
         tracer_provider=tracer_provider,
         max_message_bytes=settings.max_message_bytes,
+        policy=settings.channel_policy,
     )
     servicer = GatewayServicer(Pipeline(upstreams, settings.embed_batch_size), settings)
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from gateway import requests
 from gateway.config import GatewaySettings
 from gateway.pipeline import Deadline, Pipeline
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace

@@ -1,8 +1,11 @@
 """Channels to the embedder, retriever and generator, and how their failures surface.
 
 Retries live in the channel's service config: only UNAVAILABLE is retried, with
-backoff, so a call to a service that is down fails fast instead of hanging.
-`round_robin` spreads calls over every address of a dns:/// target.
+backoff, so a call to a service that is down fails fast instead of hanging, and
+a call that reached a replica as it died is sent again, to another replica.
+`round_robin` (the default policy) spreads calls over every address of a target:
+a dns:/// name or a list such as "ipv4:10.0.0.1:50052,10.0.0.2:50052".
+Keepalive pings find connections to replicas that vanished without closing them.
 """
 
 from __future__ import annotations
@@ -11,33 +14,54 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import TracerProvider
+
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
-
 from services.common import errors
 
-_SERVICE_CONFIG = json.dumps(
-    {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-)
+LbPolicy = Literal["round_robin", "pick_first"]
+
+
+@dataclass(frozen=True)
+class ChannelPolicy:
+    """How a channel spreads calls over a target's addresses and notices dead ones."""
+
+    # round_robin spreads calls over every address; pick_first uses one at a time.
+    lb_policy: LbPolicy = "round_robin"
+    # A ping after this long without traffic; no ack within the timeout and
+    # the connection is dropped, so the balancer stops picking it.
+    keepalive_time_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
+
+
+DEFAULT_POLICY = ChannelPolicy()
+
+
+def service_config(lb_policy: LbPolicy) -> str:
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{lb_policy: {}}],
+            "methodConfig": [
+                {
+                    "name": [{}],
+                    "retryPolicy": {
+                        "maxAttempts": 3,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
+
 
 # Statuses whose meaning holds across the hop; anything else from a dependency
 # is the gateway's failure to serve, reported as UNAVAILABLE or INTERNAL.
@@ -51,14 +75,24 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
 }
 
 
-def open_channel(target: str, tracer_provider: TracerProvider, max_message_bytes: int) -> grpc.aio.Channel:
+def open_channel(
+    target: str, tracer_provider: TracerProvider, max_message_bytes: int, policy: ChannelPolicy
+) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         target,
         options=[
-            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.service_config", service_config(policy.lb_policy)),
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", round(policy.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(policy.keepalive_timeout_s * 1000)),
+            # Ping idle connections too: round_robin may pick any of them next.
+            # max_pings_without_data=0, or gRPC stops after two pings on a
+            # connection without calls. Servers must permit such pings (see
+            # services/common/server.py) or they answer GOAWAY "too_many_pings".
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
         interceptors=aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
     )
@@ -94,9 +128,10 @@ class Upstreams:
         generator_target: str,
         tracer_provider: TracerProvider,
         max_message_bytes: int,
+        policy: ChannelPolicy = DEFAULT_POLICY,
     ) -> Upstreams:
         embedder, retriever, generator = (
-            open_channel(target, tracer_provider, max_message_bytes)
+            open_channel(target, tracer_provider, max_message_bytes, policy)
             for target in (embedder_target, retriever_target, generator_target)
         )
         return cls(

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from google.protobuf import struct_pb2
+
 from rag.gateway.v1 import gateway_pb2
 
 SUFFIXES = {".txt", ".md", ".markdown"}

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from tqdm import tqdm
+
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-from tqdm import tqdm
-
 from rag_cli import documents, render
+from rag_cli import eval as evaluation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
@@ -61,7 +62,16 @@ def ask(args: argparse.Namespace) -> int:
     request = gateway_pb2.AskRequest(
         namespace=args.namespace, question=args.question, retrieval=_retrieval(args)
     )
-    print(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
+    if not getattr(args, "stream", False):
+        print(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
+        return 0
+    stream = _gateway(args).AskStream(gateway_pb2.AskStreamRequest(request=request), timeout=args.timeout)
+    for event in stream:
+        kind = event.WhichOneof("event")
+        if kind == "delta":
+            print(event.delta.text, end="", flush=True)
+        elif kind == "final":
+            print("\n\n" + render.answer_details(event.final))
     return 0
 
 
@@ -137,11 +147,15 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("question" if name == "ask" else "query")
         command.add_argument("--top-k", "-k", type=int, help="sources to retrieve (default: the server's)")
         command.add_argument("--mode", choices=list(MODES), help="search mode (default: the server's)")
+        if name == "ask":
+            command.add_argument("--stream", action="store_true", help="print the answer as it is written")
         command.set_defaults(run=run)
 
     command = commands.add_parser("delete", help="delete documents by id")
     command.add_argument("ids", nargs="+")
     command.set_defaults(run=delete)
+
+    evaluation.register(commands)
     return parser
 
 

@@ -28,7 +28,12 @@ def hit_line(number: int, hit: retriever_pb2.SearchHit) -> str:
 
 
 def answer(response: gateway_pb2.AskResponse) -> str:
-    lines = [response.answer.strip(), ""]
+    return response.answer.strip() + "\n\n" + answer_details(response)
+
+
+def answer_details(response: gateway_pb2.AskResponse) -> str:
+    """Everything shown after the answer text: outcome, sources, timings."""
+    lines = []
     if response.outcome == generator_pb2.ANSWER_OUTCOME_NO_ANSWER:
         lines += ["(the sources do not contain the answer)", ""]
     lines.append("Sources:")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.stack import DEFAULT_PORTS, Stack, free_port
 from tests.otlp_receiver import OtlpReceiver
 

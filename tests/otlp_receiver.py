@@ -19,6 +19,8 @@ class ReceivedSpan:
     trace_id: str
     span_id: str
     parent_span_id: str
+    # The resource's service.instance.id, e.g. from OTEL_RESOURCE_ATTRIBUTES: tells replicas apart.
+    instance_id: str = ""
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -49,6 +51,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                         trace_id=span.trace_id.hex(),
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),
+                        instance_id=attributes.get("service.instance.id", ""),
                     )
                     for span in scope_spans.spans
                 ]

@@ -20,6 +20,9 @@ class ServerSettings(BaseSettings):
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period_s: float = Field(10.0, ge=0)
     max_message_bytes: int = Field(64 * MiB, ge=MiB)
+    # Clients are asked to reconnect after this long, so that their DNS
+    # re-resolution finds replicas added since (gRPC balances per connection).
+    max_connection_age_s: float = Field(300.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property

@@ -5,8 +5,8 @@ import logging
 
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
-from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 
+from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.server import ServiceBinding, serve
 from services.embedder.config import EmbedderSettings

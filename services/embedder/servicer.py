@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 from opentelemetry import trace
-from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 
+from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer

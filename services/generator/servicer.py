@@ -1,21 +1,32 @@
-"""GeneratorService: proto <-> generator domain types, with input checks."""
+"""GeneratorService: proto <-> generator domain types, with input checks.
+
+Each call assembles the context first (context.py: best first, near-duplicates and
+what does not fit the model's window dropped), then hands the kept sources to the
+backend. Their numbers stay those of the request, so [n] still names context[n-1].
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 from opentelemetry import trace
+
 from rag.common.v1 import common_pb2
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
-
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
 from services.common.validation import require_range, require_text
 from services.generator.backends.base import AnswerBackend
+from services.generator.context import AssembledContext, ContextAssembler, PromptTooLong
 from services.generator.sources import Answer, GenerationOptions, Source, Turn
+
+log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -30,10 +41,17 @@ _OUTCOMES = {True: generator_pb2.ANSWER_OUTCOME_ANSWERED, False: generator_pb2.A
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
-    def __init__(self, backend: AnswerBackend, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        backend: AnswerBackend,
+        assembler: ContextAssembler,
+        default_max_tokens: int,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._backend = backend
+        self._assembler = assembler
         self._default_max_tokens = default_max_tokens
-        self._tracer = trace.get_tracer(__name__)
+        self._tracer = tracer or trace.get_tracer(__name__)
 
     async def Generate(
         self, request: generator_pb2.GenerateRequest, context: Context
@@ -41,8 +59,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         question, sources, history, options = self._parse(request, "")
         timer = StageTimer(self._tracer, "rag.generator")
         with timer.stage("generate") as span:
-            span.set_attribute("rag.generator.sources", len(sources))
-            answer = await self._backend.answer(question, sources, history, options)
+            assembled = await self._assemble(question, sources, history, options, "", span)
+            answer = await self._backend.answer(question, assembled.sources, assembled.history, options)
         return _response(answer, timer)
 
     async def GenerateStream(
@@ -50,13 +68,46 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> AsyncIterator[generator_pb2.GenerateStreamResponse]:
         question, sources, history, options = self._parse(request.request, "request.")
         timer = StageTimer(self._tracer, "rag.generator")
-        with timer.stage("generate"):
-            async for event in self._backend.stream(question, sources, history, options):
-                if isinstance(event, Answer):
-                    final = event
-                else:
-                    yield generator_pb2.GenerateStreamResponse(delta=generator_pb2.AnswerDelta(text=event))
+        with timer.stage("generate") as span:
+            assembled = await self._assemble(question, sources, history, options, "request.", span)
+            events = self._backend.stream(question, assembled.sources, assembled.history, options)
+            async with _closing(events):
+                async for event in events:
+                    if isinstance(event, Answer):
+                        final = event
+                    else:
+                        yield generator_pb2.GenerateStreamResponse(
+                            delta=generator_pb2.AnswerDelta(text=event)
+                        )
         yield generator_pb2.GenerateStreamResponse(final=_response(final, timer))
+
+    async def _assemble(
+        self,
+        question: str,
+        sources: list[Source],
+        history: list[Turn],
+        options: GenerationOptions,
+        prefix: str,
+        span: trace.Span,
+    ) -> AssembledContext:
+        max_tokens = options.max_tokens or self._default_max_tokens
+        try:
+            # Tokenizing and comparing up to 100 chunks takes tens of milliseconds of CPU:
+            # a worker thread keeps the event loop serving (the tokenizer drops the GIL).
+            assembled = await asyncio.to_thread(
+                self._assembler.assemble, question, sources, history, max_tokens
+            )
+        except PromptTooLong as error:
+            raise InvalidArgument(str(error), field=f"{prefix}options.max_tokens") from error
+        span.set_attribute("rag.generator.sources", len(sources))
+        span.set_attribute("rag.generator.sources_kept", len(assembled.sources))
+        span.set_attribute("rag.generator.sources_dropped", len(assembled.dropped_sources))
+        span.set_attribute("rag.generator.history_turns_dropped", assembled.dropped_turns)
+        if assembled.prompt_tokens_estimate is not None:
+            span.set_attribute("rag.generator.prompt_tokens_estimate", assembled.prompt_tokens_estimate)
+        if assembled.dropped_sources or assembled.dropped_turns or assembled.truncated_source:
+            log.info("context assembled: %s", assembled.describe())
+        return assembled
 
     def _parse(
         self, request: generator_pb2.GenerateRequest, prefix: str
@@ -82,6 +133,20 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         max_tokens = options.max_tokens if options.HasField("max_tokens") else self._default_max_tokens
         require_range(max_tokens, f"{prefix}options.max_tokens", 1, MAX_ANSWER_TOKENS)
         return GenerationOptions(temperature=temperature, max_tokens=max_tokens)
+
+
+@asynccontextmanager
+async def _closing(events: AsyncIterator[str | Answer]) -> AsyncIterator[None]:
+    """Closes the backend's stream on exit, also when the caller cancels the call.
+
+    The stream holds an HTTP response from the LLM: closed now, the server stops writing
+    the answer nobody reads, instead of whenever the generator is garbage-collected.
+    """
+    try:
+        yield
+    finally:
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
 
 
 def _sources(context: Sequence[generator_pb2.ContextChunk]) -> list[Source]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from rag.common.v1 import common_pb2
 
+from rag.common.v1 import common_pb2
 from services.common.errors import InvalidArgument
 from services.retriever import filters
 from services.retriever.filters import Filter, Scalar

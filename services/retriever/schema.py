@@ -7,8 +7,11 @@ missing, the rest find nothing left to do. A failed start-up leaves the schema
 as it was.
 
 To change the schema, append one `Migration` to `MIGRATIONS`; never edit one
-that has shipped. (The keyword leg, for one, will arrive as a migration adding
-a tsvector column and its index to rag_chunks.)
+that has shipped.
+
+The keyword index (migration 2) is built with one text search configuration,
+recorded in `rag_settings`; a retriever configured with another refuses to
+start, since its query lexemes would not match the stored ones.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class SchemaSettings:
     dimension: int
     hnsw_m: int
     hnsw_ef_construction: int
+    # A regconfig name, checked against the database in migrate(); always an
+    # SQL parameter, never formatted into SQL.
+    text_search_config: str = "english"
 
     def __post_init__(self) -> None:
         # DDL cannot take parameters, so these are formatted into SQL: they
@@ -109,17 +115,102 @@ async def _create_documents_and_chunks(conn: asyncpg.Connection, settings: Schem
     )
 
 
+async def _create_keyword_index(conn: asyncpg.Connection, settings: SchemaSettings) -> None:
+    """The BM25 keyword leg: postings per chunk, corpus statistics per namespace.
+
+    One posting per (chunk, lexeme) with the term frequency, and the chunk's
+    length copied in, so scoring a query reads nothing but the primary key's
+    index (an index-only scan). Document frequencies are counted from the
+    postings at query time, so they cannot drift; the chunk count and total
+    length per namespace, which would need a scan of every chunk, are kept in
+    rag_keyword_stats by the same transaction that adds or removes chunks.
+    rag_documents.keyword_length (the sum over its chunks) says how much to
+    take away when a document goes.
+    """
+    await conn.execute(
+        """
+        ALTER TABLE rag_documents ADD COLUMN keyword_length bigint NOT NULL DEFAULT 0;
+
+        CREATE TABLE rag_postings (
+            chunk_id     bigint NOT NULL REFERENCES rag_chunks (id) ON DELETE CASCADE,
+            namespace    text   NOT NULL,
+            lexeme       text   NOT NULL,
+            tf           int    NOT NULL,
+            chunk_length int    NOT NULL,
+            PRIMARY KEY (namespace, lexeme, chunk_id) INCLUDE (tf, chunk_length)
+        );
+        -- For the cascade from rag_chunks.
+        CREATE INDEX rag_postings_chunk ON rag_postings (chunk_id);
+
+        CREATE TABLE rag_keyword_stats (
+            namespace    text   PRIMARY KEY,
+            chunks       bigint NOT NULL,
+            total_length bigint NOT NULL
+        );
+
+        CREATE TABLE rag_settings (
+            name  text PRIMARY KEY,
+            value text NOT NULL
+        );
+        """
+    )
+    await conn.execute(
+        "INSERT INTO rag_settings (name, value) VALUES ('text_search_config', $1::regconfig::text)",
+        settings.text_search_config,
+    )
+    await _index_stored_chunks(conn, settings.text_search_config)
+
+
+async def _index_stored_chunks(conn: asyncpg.Connection, text_search_config: str) -> None:
+    """Index chunks stored before the keyword leg existed, as ChunkStore.upsert indexes new ones."""
+    await conn.execute(
+        """
+        INSERT INTO rag_postings (chunk_id, namespace, lexeme, tf, chunk_length)
+        SELECT c.id, c.namespace, t.lexeme, cardinality(t.positions),
+               sum(cardinality(t.positions)) OVER (PARTITION BY c.id)
+        FROM rag_chunks c
+        JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
+        CROSS JOIN unnest(to_tsvector($1::regconfig, d.title || ' ' || c.text)) AS t
+        """,
+        text_search_config,
+    )
+    await conn.execute(
+        """
+        UPDATE rag_documents d SET keyword_length = p.length
+        FROM (
+            SELECT c.namespace, c.document_id, sum(p.tf) AS length
+            FROM rag_postings p JOIN rag_chunks c ON c.id = p.chunk_id
+            GROUP BY c.namespace, c.document_id
+        ) p
+        WHERE d.namespace = p.namespace AND d.document_id = p.document_id
+        """
+    )
+    await conn.execute(
+        """
+        INSERT INTO rag_keyword_stats (namespace, chunks, total_length)
+        SELECT namespace, sum(chunk_count), sum(keyword_length) FROM rag_documents GROUP BY namespace
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
+    Migration(2, "BM25 keyword index: postings and per-namespace statistics", _create_keyword_index),
 )
 
 
 async def migrate(
-    conn: asyncpg.Connection, *, dimension: int, hnsw_m: int, hnsw_ef_construction: int
+    conn: asyncpg.Connection,
+    *,
+    dimension: int,
+    hnsw_m: int,
+    hnsw_ef_construction: int,
+    text_search_config: str = "english",
 ) -> None:
     """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings."""
-    settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction)
+    settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction, text_search_config)
     await _require_server_version(conn)
+    await _require_text_search_config(conn, text_search_config)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
         # Under the lock: two replicas creating the extension at once would
@@ -134,6 +225,7 @@ async def migrate(
             """
         )
         await _check_dimension(conn, settings.dimension)
+        await _check_stored_text_search_config(conn, settings.text_search_config)
         applied = {row["version"] for row in await conn.fetch("SELECT version FROM rag_schema_migrations")}
         for migration in sorted(MIGRATIONS, key=lambda m: m.version):
             if migration.version not in applied:
@@ -172,6 +264,30 @@ async def _check_dimension(conn: asyncpg.Connection, dimension: int) -> None:
             f"rag_chunks.embedding is stored as {row['type']} but the retriever is configured for "
             f"dimension {dimension}; use a database made for this dimension, or re-create the tables "
             "and re-ingest the documents"
+        )
+
+
+async def _require_text_search_config(conn: asyncpg.Connection, name: str) -> None:
+    if not await conn.fetchval("SELECT pg_input_is_valid($1, 'regconfig')", name):
+        known = await conn.fetchval("SELECT string_agg(cfgname, ', ' ORDER BY cfgname) FROM pg_ts_config")
+        raise RuntimeError(
+            f"text search configuration {name!r} does not exist in this database; it has: {known}"
+        )
+
+
+async def _check_stored_text_search_config(conn: asyncpg.Connection, name: str) -> None:
+    """Refuse a configuration other than the one the stored keyword index was built with."""
+    if await conn.fetchval("SELECT to_regclass('rag_settings')") is None:
+        return
+    stored, configured = await conn.fetchrow(
+        "SELECT (SELECT value FROM rag_settings WHERE name = 'text_search_config'), $1::regconfig::text",
+        name,
+    )
+    if stored != configured:
+        raise RuntimeError(
+            f"the keyword index was built with text search configuration {stored!r} but the retriever "
+            f"is configured with {configured!r}; configure {stored!r}, or re-create the tables and "
+            "re-ingest the documents"
         )
 
 

@@ -4,16 +4,18 @@ import asyncio
 import logging
 
 import asyncpg
-
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
-from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import Unavailable
 from services.common.server import ServiceBinding, serve
 from services.retriever.config import RetrieverSettings
-from services.retriever.servicer import RetrieverServicer
+from services.retriever.hybrid import Fusion
+from services.retriever.keyword import Bm25
+from services.retriever.rerank import Reranker
+from services.retriever.servicer import RerankSettings, RetrieverServicer
 from services.retriever.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -33,18 +35,36 @@ SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].ful
 
 async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> None:
     store: Deferred[ChunkStore] = Deferred("the database connection pool")
-    servicer = RetrieverServicer(store, settings.embedding_dimension)
+    reranker: Deferred[Reranker] = Deferred("the rerank model")
+    rerank = (
+        RerankSettings(reranker, settings.rerank_candidates, settings.rerank_budget_ms)
+        if settings.rerank_model
+        else None
+    )
+    servicer = RetrieverServicer(store, settings.embedding_dimension, rerank)
 
     def register(server: grpc.aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
     async def start() -> None:
+        if settings.rerank_model:
+            reranker.resolve(
+                await asyncio.to_thread(
+                    Reranker.load,
+                    settings.rerank_model,
+                    device=settings.rerank_device,
+                    max_length=settings.rerank_max_length,
+                )
+            )
+            log.info("loaded rerank model %s", settings.rerank_model)
         store.resolve(await _connect_when_reachable(settings))
         log.info("database ready; schema migrated (dimension %d)", settings.embedding_dimension)
 
     async def stop() -> None:
         if store.ready:
             await store.value.close()
+        if reranker.ready:
+            reranker.value.close()
 
     await serve(settings, ServiceBinding([SERVICE_NAME], register, start, stop), tracer_provider)
 
@@ -64,6 +84,14 @@ async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
                 hnsw_m=settings.hnsw_m,
                 hnsw_ef_construction=settings.hnsw_ef_construction,
                 default_ef_search=settings.default_ef_search,
+                text_search_config=settings.text_search_config,
+                bm25=Bm25(settings.bm25_k1, settings.bm25_b),
+                default_fusion=Fusion(
+                    settings.default_rrf_k,
+                    settings.default_dense_weight,
+                    settings.default_keyword_weight,
+                    settings.default_candidate_depth,
+                ),
                 min_pool_size=settings.pool_min_size,
                 max_pool_size=settings.pool_max_size,
             )

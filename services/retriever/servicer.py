@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 from opentelemetry import trace
+
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
+from services.retriever import rerank_stage
 from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import Filter
+from services.retriever.hybrid import Fusion, SearchMode
+from services.retriever.rerank import Reranker
 from services.retriever.store import ChunkInput, ChunkStore, DocumentInput, Hit, LegScore, UpsertStatus
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -28,6 +32,19 @@ MAX_CHUNKS_PER_DOCUMENT = 50_000
 MAX_DOCUMENT_ID_CHARS = 256
 MAX_IDS_PER_CALL = 10_000
 
+# UNSPECIFIED means the server's default: hybrid.
+_MODES = {
+    common_pb2.SEARCH_MODE_UNSPECIFIED: SearchMode.HYBRID,
+    common_pb2.SEARCH_MODE_DENSE: SearchMode.DENSE,
+    common_pb2.SEARCH_MODE_KEYWORD: SearchMode.KEYWORD,
+    common_pb2.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+}
+_MODE_PROTOS = {
+    SearchMode.DENSE: common_pb2.SEARCH_MODE_DENSE,
+    SearchMode.KEYWORD: common_pb2.SEARCH_MODE_KEYWORD,
+    SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
+}
+
 _STATUSES = {
     UpsertStatus.CREATED: retriever_pb2.UPSERT_STATUS_CREATED,
     UpsertStatus.UPDATED: retriever_pb2.UPSERT_STATUS_UPDATED,
@@ -35,10 +52,20 @@ _STATUSES = {
 }
 
 
+@dataclass(frozen=True)
+class RerankSettings:
+    reranker: Deferred[Reranker]
+    default_candidates: int
+    default_budget_ms: int
+
+
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
-    def __init__(self, store: Deferred[ChunkStore], dimension: int) -> None:
+    def __init__(
+        self, store: Deferred[ChunkStore], dimension: int, rerank: RerankSettings | None = None
+    ) -> None:
         self._store = store
         self._dimension = dimension
+        self._rerank = rerank
         self._tracer = trace.get_tracer(__name__)
 
     async def Upsert(
@@ -85,27 +112,57 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.SearchResponse:
         require_namespace(request.namespace)
         require_range(request.top_k, "top_k", 1, MAX_TOP_K)
-        if request.mode not in (common_pb2.SEARCH_MODE_UNSPECIFIED, common_pb2.SEARCH_MODE_DENSE):
-            raise InvalidArgument(
-                f"mode {common_pb2.SearchMode.Name(request.mode)} is not offered by this retriever; "
-                "use SEARCH_MODE_DENSE or leave it unset",
-                field="mode",
-            )
-        embedding = _embedding(request.query_embedding, self._dimension, "query_embedding")
+        mode = _search_mode(request.mode)
+        # An empty query_embedding is "none" (keyword mode needs none); the
+        # store says which modes need one. A wrong one is refused here.
+        embedding = (
+            _embedding(request.query_embedding, self._dimension, "query_embedding")
+            if request.query_embedding and mode is not SearchMode.KEYWORD
+            else None
+        )
         metadata_filter: Filter | None = (
             filter_from_proto(request.filter) if request.HasField("filter") else None
         )
         ef_search = request.ef_search if request.HasField("ef_search") else None
         if ef_search is not None:
             require_range(ef_search, "ef_search", 1, 1000)
+        store = self._store.value
+        fusion = _fusion(request.fusion, store.default_fusion) if request.HasField("fusion") else None
+        rerank_plan = rerank_stage.plan(
+            request.rerank,
+            configured=self._rerank is not None,
+            default_candidates=self._rerank.default_candidates if self._rerank else 0,
+            default_budget_ms=self._rerank.default_budget_ms if self._rerank else 0,
+        )
+        depth = max(request.top_k, rerank_plan.candidates) if rerank_plan else request.top_k
         timer = StageTimer(self._tracer, "rag.retriever")
         with timer.stage("search") as span:
             span.set_attribute("rag.retriever.top_k", request.top_k)
-            hits = await self._store.value.search_dense(
-                request.namespace, embedding, request.top_k, filter=metadata_filter, ef_search=ef_search
+            span.set_attribute("rag.retriever.mode", mode.value)
+            hits = await store.search(
+                request.namespace,
+                depth,
+                mode=mode,
+                embedding=embedding,
+                text=request.query_text,
+                filter=metadata_filter,
+                ef_search=ef_search,
+                fusion=fusion,
             )
+        reranked = rerank_stage.Reranked(hits[: request.top_k], reranked=False, timed_out=False)
+        if rerank_plan is not None and self._rerank is not None:
+            with timer.stage("rerank") as span:
+                span.set_attribute("rag.retriever.rerank_candidates", len(hits))
+                reranked = await rerank_stage.rerank(
+                    self._rerank.reranker.value, request.query_text, hits, request.top_k, rerank_plan.budget_s
+                )
+                span.set_attribute("rag.retriever.rerank_timed_out", reranked.timed_out)
         return retriever_pb2.SearchResponse(
-            hits=[_hit(hit) for hit in hits], mode=common_pb2.SEARCH_MODE_DENSE, timings=timer.to_proto()
+            hits=[_hit(hit) for hit in reranked.hits],
+            mode=_MODE_PROTOS[mode],
+            reranked=reranked.reranked,
+            rerank_timed_out=reranked.timed_out,
+            timings=timer.to_proto(),
         )
 
     async def GetDocumentHashes(
@@ -122,6 +179,26 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 for s in stored
             ]
         )
+
+
+def _search_mode(value: common_pb2.SearchMode.ValueType) -> SearchMode:
+    # Proto3 enums are open: an unknown number arrives as itself.
+    if value not in _MODES:
+        accepted = ", ".join(common_pb2.SearchMode.Name(m) for m in _MODES)
+        raise InvalidArgument(f"mode must be one of {accepted}; got {value}", field="mode")
+    return _MODES[value]
+
+
+def _fusion(proto: common_pb2.FusionParams, defaults: Fusion) -> Fusion:
+    """The request's fusion settings, the server's defaults where it sets none; the store checks them."""
+    return Fusion(
+        rrf_k=proto.rrf_k if proto.HasField("rrf_k") else defaults.rrf_k,
+        dense_weight=proto.dense_weight if proto.HasField("dense_weight") else defaults.dense_weight,
+        keyword_weight=proto.keyword_weight if proto.HasField("keyword_weight") else defaults.keyword_weight,
+        candidate_depth=(
+            proto.candidate_depth if proto.HasField("candidate_depth") else defaults.candidate_depth
+        ),
+    )
 
 
 def _check_ids(ids: Sequence[str]) -> None:
@@ -189,4 +266,5 @@ def _hit(hit: Hit) -> retriever_pb2.SearchHit:
         score=hit.score,
         dense=_leg(hit.dense),
         keyword=_leg(hit.keyword),
+        rerank_score=hit.rerank_score,
     )

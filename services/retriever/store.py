@@ -4,6 +4,9 @@ Plain async Python over an asyncpg pool, testable without gRPC. Every method
 is scoped to one namespace; no query reads or writes another. Caller input is
 checked here and refused with InvalidArgument before any SQL runs; a database
 that cannot be reached surfaces as Unavailable.
+
+Searches run dense (HNSW, cosine), keyword (BM25, see keyword.py) or hybrid
+(both, fused by reciprocal rank fusion, see hybrid.py), each as one statement.
 """
 
 from __future__ import annotations
@@ -23,6 +26,15 @@ from pgvector.asyncpg import register_vector
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.validation import require_namespace, require_range, require_text
 from services.retriever.filters import Filter, compile_filter
+from services.retriever.hybrid import (
+    DENSE_SEARCH_SETTINGS_SQL,
+    Fusion,
+    SearchMode,
+    SearchQuery,
+    require_fusion,
+    search_sql,
+)
+from services.retriever.keyword import DELETE_DOCUMENTS_SQL, INDEX_DOCUMENT_SQL, Bm25, require_query_text
 from services.retriever.schema import MAX_INDEXED_DIMENSION, migrate
 
 MAX_TOP_K = 100
@@ -85,6 +97,8 @@ class Hit:
     score: float
     dense: LegScore | None
     keyword: LegScore | None
+    # Set when the cross-encoder reordered the hits; score then equals it.
+    rerank_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,32 +118,10 @@ _CONNECTION_ERRORS = (
     asyncpg.TooManyConnectionsError,
 )
 
-# relaxed_order lets a filtered HNSW scan keep going until it has LIMIT rows
-# that pass the filter (or has visited hnsw.max_scan_tuples, 20,000 by
-# default), instead of stopping after ef_search candidates. The rows may come
-# slightly out of order, so the outer query sorts them again.
-_SEARCH_SETTINGS_SQL = """
-SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)
-"""
-
-# {where} and {selection} below are SQL from our code: the namespace test and
-# filters.compile_filter's output, which holds placeholders, never input.
-_SEARCH_SQL = """
-WITH nearest AS MATERIALIZED (
-    SELECT c.document_id, c.chunk_index, c.text, c.metadata, c.embedding <=> $2::vector AS distance
-    FROM rag_chunks c
-    WHERE {where}
-    ORDER BY distance
-    LIMIT $3
-)
-SELECT n.document_id, n.chunk_index, n.text, n.metadata, d.title, n.distance
-FROM nearest n
-JOIN rag_documents d ON d.namespace = $1 AND d.document_id = n.document_id
-ORDER BY n.distance, n.document_id, n.chunk_index
-"""
-
 _LOCK_DOCUMENT_SQL = """
-SELECT content_hash, chunk_count FROM rag_documents WHERE namespace = $1 AND document_id = $2 FOR UPDATE
+SELECT content_hash, chunk_count, keyword_length FROM rag_documents
+WHERE namespace = $1 AND document_id = $2
+FOR UPDATE
 """
 
 _INSERT_DOCUMENT_SQL = """
@@ -143,13 +135,6 @@ _UPDATE_DOCUMENT_SQL = """
 UPDATE rag_documents
 SET content_hash = $3, title = $4, metadata = $5, chunk_count = $6, updated_at = now()
 WHERE namespace = $1 AND document_id = $2
-"""
-
-_DELETE_SQL = """
-WITH deleted AS (
-    DELETE FROM rag_documents d WHERE d.namespace = $1 AND ({selection}) RETURNING d.chunk_count
-)
-SELECT count(*) AS documents, coalesce(sum(chunk_count), 0) AS chunks FROM deleted
 """
 
 _CHUNK_COLUMNS = (
@@ -177,20 +162,38 @@ class _PreparedDocument:
 
 
 class ChunkStore:
-    """Documents and chunks of every namespace, with dense (HNSW, cosine) search.
+    """Documents and chunks of every namespace, with dense, keyword and hybrid search.
 
     The store owns `pool` and closes it in `close()`. Use `connect()` to build
     one: it migrates the schema and registers the codecs the store relies on.
+    `text_search_config` must be the one the schema was migrated with.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, dimension: int, default_ef_search: int = 40) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        dimension: int,
+        default_ef_search: int = 40,
+        text_search_config: str = "english",
+        bm25: Bm25 | None = None,
+        default_fusion: Fusion | None = None,
+    ) -> None:
         if not 1 <= dimension <= MAX_INDEXED_DIMENSION:
             raise ValueError(f"dimension must be 1..{MAX_INDEXED_DIMENSION}, got {dimension}")
         if not 1 <= default_ef_search <= MAX_EF_SEARCH:
             raise ValueError(f"default_ef_search must be 1..{MAX_EF_SEARCH}, got {default_ef_search}")
+        default_fusion = default_fusion or Fusion()
+        try:
+            require_fusion(default_fusion, "default_fusion")
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
         self._pool = pool
         self._dimension = dimension
         self._default_ef_search = default_ef_search
+        self._text_search_config = text_search_config
+        self._bm25 = bm25 or Bm25()
+        self._default_fusion = default_fusion
 
     @classmethod
     async def connect(
@@ -201,6 +204,9 @@ class ChunkStore:
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 64,
         default_ef_search: int = 40,
+        text_search_config: str = "english",
+        bm25: Bm25 | None = None,
+        default_fusion: Fusion | None = None,
         min_pool_size: int = 1,
         max_pool_size: int = 10,
         server_settings: Mapping[str, str] | None = None,
@@ -210,13 +216,22 @@ class ChunkStore:
         `server_settings` adds session settings for every connection (e.g.
         statement_timeout). The time zone is UTC unless overridden, so
         time-range filters read offset-less metadata timestamps as UTC.
+        RuntimeError when the database cannot hold what the settings ask for:
+        another embedding dimension, or a text search configuration it does
+        not have or did not build the keyword index with.
         """
         settings = {"timezone": "UTC", "application_name": "rag-retriever", **(server_settings or {})}
         # The vector type must exist before a connection can register its
         # codec, so the migration runs on a plain connection first.
         conn = await asyncpg.connect(dsn, server_settings=settings)
         try:
-            await migrate(conn, dimension=dimension, hnsw_m=hnsw_m, hnsw_ef_construction=hnsw_ef_construction)
+            await migrate(
+                conn,
+                dimension=dimension,
+                hnsw_m=hnsw_m,
+                hnsw_ef_construction=hnsw_ef_construction,
+                text_search_config=text_search_config,
+            )
         finally:
             await conn.close()
         pool = await asyncpg.create_pool(
@@ -226,11 +241,23 @@ class ChunkStore:
             init=_init_connection,
             server_settings=settings,
         )
-        return cls(pool, dimension=dimension, default_ef_search=default_ef_search)
+        return cls(
+            pool,
+            dimension=dimension,
+            default_ef_search=default_ef_search,
+            text_search_config=text_search_config,
+            bm25=bm25,
+            default_fusion=default_fusion,
+        )
 
     @property
     def dimension(self) -> int:
         return self._dimension
+
+    @property
+    def default_fusion(self) -> Fusion:
+        """Fusion settings a hybrid search uses when it is given none."""
+        return self._default_fusion
 
     async def close(self) -> None:
         await self._pool.close()
@@ -254,7 +281,7 @@ class ChunkStore:
         outcomes: list[UpsertOutcome] = []
         async with self._connection() as conn:
             for document in prepared:
-                outcomes.append(await _upsert_document(conn, namespace, document))
+                outcomes.append(await _upsert_document(conn, namespace, document, self._text_search_config))
         return outcomes
 
     async def delete(
@@ -274,8 +301,51 @@ class ChunkStore:
         if filter is not None:
             selection += " OR " + compile_filter(filter, params, "d.metadata")
         async with self._connection() as conn:
-            row = await conn.fetchrow(_DELETE_SQL.format(selection=selection), *params)
+            row = await conn.fetchrow(DELETE_DOCUMENTS_SQL.format(selection=selection), *params)
         return int(row["documents"]), int(row["chunks"])
+
+    async def search(
+        self,
+        namespace: str,
+        top_k: int,
+        *,
+        mode: SearchMode = SearchMode.HYBRID,
+        embedding: Embedding | None = None,
+        text: str | None = None,
+        filter: Filter | None = None,
+        ef_search: int | None = None,
+        fusion: Fusion | None = None,
+    ) -> list[Hit]:
+        """The top_k chunks for the query, best first.
+
+        DENSE ranks by cosine similarity to `embedding` (score = 1 - distance),
+        KEYWORD by BM25 over `text`, HYBRID fuses both (see hybrid.py; `fusion`
+        unset takes the store's defaults). Each hit carries its rank and score
+        in each leg that found it. `filter` applies to every leg.
+        """
+        require_namespace(namespace)
+        require_range(top_k, "top_k", 1, MAX_TOP_K)
+        if ef_search is None:
+            ef_search = self._default_ef_search
+        require_range(ef_search, "ef_search", 1, MAX_EF_SEARCH)
+        query = SearchQuery(
+            namespace=namespace,
+            mode=mode,
+            top_k=top_k,
+            embedding=None if mode is SearchMode.KEYWORD else self._query_embedding(embedding, mode),
+            text=None if mode is SearchMode.DENSE else require_query_text(text, mode.value),
+            filter=filter,
+            fusion=require_fusion(fusion or self._default_fusion),
+        )
+        sql, params = search_sql(query, self._text_search_config, self._bm25)
+        async with self._connection() as conn:
+            if mode is SearchMode.KEYWORD:
+                rows = await conn.fetch(sql, *params)
+            else:
+                async with conn.transaction(readonly=True):
+                    await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(ef_search))
+                    rows = await conn.fetch(sql, *params)
+        return [_hit(row) for row in rows]
 
     async def search_dense(
         self,
@@ -287,20 +357,15 @@ class ChunkStore:
         ef_search: int | None = None,
     ) -> list[Hit]:
         """The top_k chunks nearest to `embedding` by cosine distance; score = 1 - distance."""
-        require_namespace(namespace)
-        require_range(top_k, "top_k", 1, MAX_TOP_K)
-        if ef_search is None:
-            ef_search = self._default_ef_search
-        require_range(ef_search, "ef_search", 1, MAX_EF_SEARCH)
-        query = self._embedding(embedding, "query_embedding", "query")
-        params: list[object] = [namespace, query, top_k]
-        where = "c.namespace = $1"
-        if filter is not None:
-            where += " AND " + compile_filter(filter, params, "c.metadata")
-        async with self._connection() as conn, conn.transaction(readonly=True):
-            await conn.execute(_SEARCH_SETTINGS_SQL, str(ef_search))
-            rows = await conn.fetch(_SEARCH_SQL.format(where=where), *params)
-        return [_dense_hit(rank, row) for rank, row in enumerate(rows, start=1)]
+        return await self.search(
+            namespace, top_k, mode=SearchMode.DENSE, embedding=embedding, filter=filter, ef_search=ef_search
+        )
+
+    async def search_keyword(
+        self, namespace: str, text: str, top_k: int, *, filter: Filter | None = None
+    ) -> list[Hit]:
+        """The top_k chunks by BM25 score for `text`."""
+        return await self.search(namespace, top_k, mode=SearchMode.KEYWORD, text=text, filter=filter)
 
     async def stored_documents(self, namespace: str, document_ids: Sequence[str]) -> list[StoredDocument]:
         """What is stored for these ids, in the order asked; ids not stored are absent."""
@@ -330,6 +395,14 @@ class ChunkStore:
         with _unavailable_on_connection_errors():
             async with self._pool.acquire() as conn:
                 yield conn
+
+    def _query_embedding(self, embedding: Embedding | None, mode: SearchMode) -> npt.NDArray[np.float32]:
+        if embedding is None or len(embedding) == 0:
+            raise InvalidArgument(
+                f"query_embedding is needed in {mode.value} mode; keyword mode ranks by query_text alone",
+                field="query_embedding",
+            )
+        return self._embedding(embedding, "query_embedding", "query")
 
     # Validation: everything is checked before anything is written.
 
@@ -450,7 +523,7 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
 
 
 async def _upsert_document(
-    conn: asyncpg.Connection, namespace: str, document: _PreparedDocument
+    conn: asyncpg.Connection, namespace: str, document: _PreparedDocument, text_search_config: str
 ) -> UpsertOutcome:
     """Write one document in its own transaction; a failure leaves the stored version untouched."""
     values = (document.content_hash, document.title, document.metadata, len(document.chunks))
@@ -459,6 +532,7 @@ async def _upsert_document(
         if stored is None:
             if await conn.fetchval(_INSERT_DOCUMENT_SQL, namespace, document.document_id, *values):
                 await _copy_chunks(conn, namespace, document)
+                await _index_chunks(conn, namespace, document, text_search_config, replaced=None)
                 return UpsertOutcome(document.document_id, UpsertStatus.CREATED, len(document.chunks))
             # Another writer created it between our read and our insert; its
             # transaction has committed, so the row can now be locked.
@@ -474,6 +548,7 @@ async def _upsert_document(
             document.document_id,
         )
         await _copy_chunks(conn, namespace, document)
+        await _index_chunks(conn, namespace, document, text_search_config, replaced=stored)
     return UpsertOutcome(document.document_id, UpsertStatus.UPDATED, len(document.chunks))
 
 
@@ -495,18 +570,48 @@ async def _copy_chunks(conn: asyncpg.Connection, namespace: str, document: _Prep
     await conn.copy_records_to_table("rag_chunks", records=records, columns=_CHUNK_COLUMNS)
 
 
-def _dense_hit(rank: int, row: asyncpg.Record) -> Hit:
-    score = 1.0 - float(row["distance"])
+async def _index_chunks(
+    conn: asyncpg.Connection,
+    namespace: str,
+    document: _PreparedDocument,
+    text_search_config: str,
+    *,
+    replaced: asyncpg.Record | None,
+) -> None:
+    """Add the document's new chunks to the keyword index and the namespace's statistics.
+
+    `replaced` is the stored row of the version just deleted, whose chunks
+    (gone by now, their postings with them) leave the statistics.
+    """
+    old_chunks, old_length = 0, 0
+    if replaced is not None:
+        old_chunks, old_length = replaced["chunk_count"], replaced["keyword_length"]
+    await conn.execute(
+        INDEX_DOCUMENT_SQL,
+        namespace,
+        document.document_id,
+        text_search_config,
+        document.title,
+        len(document.chunks) - old_chunks,
+        old_length,
+    )
+
+
+def _hit(row: asyncpg.Record) -> Hit:
     return Hit(
         document_id=row["document_id"],
         chunk_index=row["chunk_index"],
         text=row["text"],
         title=row["title"],
         metadata=row["metadata"],
-        score=score,
-        dense=LegScore(rank, score),
-        keyword=None,
+        score=float(row["score"]),
+        dense=_leg_score(row["dense_rank"], row["dense_score"]),
+        keyword=_leg_score(row["keyword_rank"], row["keyword_score"]),
     )
+
+
+def _leg_score(rank: int | None, score: float | None) -> LegScore | None:
+    return None if rank is None or score is None else LegScore(int(rank), float(score))
 
 
 def _require_plain_text(value: str, field: str, *, max_chars: int) -> str:

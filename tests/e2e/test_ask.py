@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
-
 from tests.conftest import sample_document
 
 THREE_TOPICS = ["postgres-backup-runbook.md", "expense-policy.md", "oncall-handbook.md"]

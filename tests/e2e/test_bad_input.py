@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-
 from rag_cli.stack import Stack
 
 

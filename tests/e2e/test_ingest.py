@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-
 from rag_cli.stack import Stack
 from tests.conftest import sample_document
 

@@ -11,8 +11,8 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.stack import Stack, free_port
 
 
@@ -72,7 +72,9 @@ def test_a_dependency_that_is_down_gives_unavailable_not_a_hang(stack: Stack) ->
     assert "embedder is unavailable" in raised.value.details()  # type: ignore[attr-defined]
 
 
-def test_retriever_is_not_serving_until_its_database_is_reachable(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_retriever_is_not_serving_until_its_database_is_reachable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@/postgres?host={tmp_path_factory.mktemp('no-db')}"
     process = _start("services.retriever", {"RETRIEVER_PORT": str(port), "DATABASE_URL": unreachable})

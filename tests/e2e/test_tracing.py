@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-
 from tests.conftest import sample_document
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
@@ -27,9 +26,13 @@ def test_one_ask_is_one_trace_spanning_every_service(
         metadata=[("traceparent", f"00-{trace_id}-{client_span_id}-01")],
     )
 
-    spans = otlp_receiver.wait_for(
-        lambda received: {s.service for s in received if s.trace_id == trace_id} >= SERVICES
-    )
+    def complete(received: list[ReceivedSpan]) -> bool:
+        # Spans arrive in batches, and a parent ends (and is exported) after its children.
+        in_trace = [s for s in received if s.trace_id == trace_id]
+        ids = {s.span_id for s in in_trace} | {client_span_id}
+        return {s.service for s in in_trace} >= SERVICES and all(s.parent_span_id in ids for s in in_trace)
+
+    spans = otlp_receiver.wait_for(complete)
     in_trace = [s for s in spans if s.trace_id == trace_id]
 
     assert {s.service for s in in_trace} >= SERVICES

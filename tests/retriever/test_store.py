@@ -13,8 +13,9 @@ import numpy.typing as npt
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.retriever import store as store_module
 from services.retriever.filters import AnyOf, FieldEquals, NumberRange
+from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, search_sql
+from services.retriever.keyword import Bm25
 from services.retriever.schema import MIGRATIONS, migrate
 from services.retriever.store import (
     ChunkInput,
@@ -536,17 +537,24 @@ async def hnsw_store(make_database: MakeDatabase) -> Any:
     await chunk_store.close()
 
 
-async def test_the_search_plan_uses_the_hnsw_index(hnsw_store: Any) -> None:
+@pytest.mark.parametrize("mode", [SearchMode.DENSE, SearchMode.HYBRID])
+async def test_the_dense_leg_uses_the_hnsw_index(hnsw_store: Any, mode: SearchMode) -> None:
     _, vectors, conn = hnsw_store
-    where = "c.namespace = $1 AND (c.metadata @> $4::text::jsonb)"
-    plan = await conn.fetch(
-        "EXPLAIN " + store_module._SEARCH_SQL.format(where=where),
-        "hnsw",
-        str(vectors[0].tolist()),
-        10,
-        '{"bucket": 7}',
-    )
-    assert "rag_chunks_embedding_hnsw" in "\n".join(r[0] for r in plan)
+    plan = await explain(conn, mode, str(vectors[0].tolist()))
+    assert "Index Scan using rag_chunks_embedding_hnsw" in plan
+
+
+@pytest.mark.parametrize("mode", [SearchMode.KEYWORD, SearchMode.HYBRID])
+async def test_the_keyword_leg_reads_only_the_postings_index(hnsw_store: Any, mode: SearchMode) -> None:
+    _, vectors, conn = hnsw_store
+    plan = await explain(conn, mode, str(vectors[0].tolist()))
+    assert "Index Only Scan using rag_postings_pkey" in plan
+
+
+async def explain(conn: asyncpg.Connection, mode: SearchMode, embedding: str) -> str:
+    query = SearchQuery("hnsw", mode, 10, embedding, "text 7", FieldEquals("bucket", 7), Fusion())
+    sql, params = search_sql(query, "english", Bm25())
+    return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
 
 
 @pytest.mark.parametrize("top_k", [1, 10, 50])
