@@ -102,6 +102,9 @@ def up(args: argparse.Namespace) -> int:
     print(f"starting embedder, retriever, generator and gateway ({where}); logs in {stack.data_dir / 'logs'}")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # Ctrl-C raises KeyboardInterrupt even when started from a shell that
+    # ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with stack:
         print(f"gateway serving on {stack.gateway_target}")
         args.gateway = stack.gateway_target

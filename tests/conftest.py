@@ -59,3 +59,17 @@ def namespace(request: pytest.FixtureRequest) -> str:
 def sample_document(name: str) -> gateway_pb2.Document:
     path = SAMPLES / name
     return gateway_pb2.Document(id=name, title=path.stem.replace("-", " "), text=path.read_text())
+
+
+THREE_TOPICS = ["postgres-backup-runbook.md", "expense-policy.md", "oncall-handbook.md"]
+
+
+@pytest.fixture
+def three_documents(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str) -> str:
+    """The test's namespace holding three sample documents on different topics."""
+    gateway.IngestDocuments(
+        gateway_pb2.IngestDocumentsRequest(
+            namespace=namespace, documents=[sample_document(name) for name in THREE_TOPICS]
+        )
+    )
+    return namespace

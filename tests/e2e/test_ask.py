@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
 from tests.conftest import sample_document
-
-THREE_TOPICS = ["postgres-backup-runbook.md", "expense-policy.md", "oncall-handbook.md"]
-
-
-@pytest.fixture
-def three_documents(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str) -> str:
-    gateway.IngestDocuments(
-        gateway_pb2.IngestDocumentsRequest(
-            namespace=namespace, documents=[sample_document(name) for name in THREE_TOPICS]
-        )
-    )
-    return namespace
 
 
 def test_answer_cites_the_document_that_holds_it(

@@ -7,19 +7,6 @@ import pytest
 
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.conftest import sample_document
-
-THREE_TOPICS = ["postgres-backup-runbook.md", "expense-policy.md", "oncall-handbook.md"]
-
-
-@pytest.fixture
-def three_documents(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str) -> str:
-    gateway.IngestDocuments(
-        gateway_pb2.IngestDocumentsRequest(
-            namespace=namespace, documents=[sample_document(name) for name in THREE_TOPICS]
-        )
-    )
-    return namespace
 
 
 def search(
