@@ -3,7 +3,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from gateway.upstream import ChannelPolicy, LbPolicy
+from gateway.upstream import ChannelPolicy
+from services.common.channel_config import LbPolicy
 from services.common.settings import MiB, ServerSettings
 
 

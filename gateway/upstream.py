@@ -10,11 +10,9 @@ Keepalive pings find connections to replicas that vanished without closing them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -24,8 +22,7 @@ from rag.embedder.v1 import embedder_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
 from services.common import errors
-
-LbPolicy = Literal["round_robin", "pick_first"]
+from services.common.channel_config import LbPolicy, service_config
 
 
 @dataclass(frozen=True)
@@ -41,26 +38,6 @@ class ChannelPolicy:
 
 
 DEFAULT_POLICY = ChannelPolicy()
-
-
-def service_config(lb_policy: LbPolicy) -> str:
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{lb_policy: {}}],
-            "methodConfig": [
-                {
-                    "name": [{}],
-                    "retryPolicy": {
-                        "maxAttempts": 3,
-                        "initialBackoff": "0.1s",
-                        "maxBackoff": "1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-        }
-    )
 
 
 # Statuses whose meaning holds across the hop; anything else from a dependency

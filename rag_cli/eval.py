@@ -27,6 +27,7 @@ from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import beir, metrics
+from rag_cli.client import gateway_channel
 
 MODES = {
     "dense": common_pb2.SEARCH_MODE_DENSE,
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if not queries:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
-    with grpc.insecure_channel(args.gateway) as channel:
+    with gateway_channel(args.gateway) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size, args.timeout)
         results = [

@@ -17,6 +17,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, render
 from rag_cli import eval as evaluation
+from rag_cli.client import gateway_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
@@ -28,7 +29,7 @@ MODES = {
 
 
 def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
-    return gateway_pb2_grpc.GatewayServiceStub(grpc.insecure_channel(args.gateway))
+    return gateway_pb2_grpc.GatewayServiceStub(gateway_channel(args.gateway))
 
 
 def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:

@@ -58,8 +58,7 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-            # Calls in flight when a connection reaches its age get the same grace as at shutdown.
-            ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
             # The gateway's channels ping idle connections (GATEWAY_KEEPALIVE_TIME_S, at
             # least 10 s): accept that instead of answering GOAWAY "too_many_pings".
             ("grpc.keepalive_permit_without_calls", 1),

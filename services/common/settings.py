@@ -23,6 +23,9 @@ class ServerSettings(BaseSettings):
     # Clients are asked to reconnect after this long, so that their DNS
     # re-resolution finds replicas added since (gRPC balances per connection).
     max_connection_age_s: float = Field(300.0, gt=0)
+    # Calls in flight when a connection reaches that age may run this much
+    # longer before it closes; a large ingest can take minutes.
+    max_connection_age_grace_s: float = Field(900.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
