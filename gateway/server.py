@@ -29,7 +29,4 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
-    async def start() -> None:
-        return None
-
-    await serve(settings, ServiceBinding([SERVICE_NAME], register, start, upstreams.close), tracer_provider)
+    await serve(settings, ServiceBinding([SERVICE_NAME], register, stop=upstreams.close), tracer_provider)

@@ -28,6 +28,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import beir, metrics
 from rag_cli.client import gateway_channel
+from rag_cli.render import upsert_status
 
 MODES = {
     "dense": common_pb2.SEARCH_MODE_DENSE,
@@ -175,13 +176,9 @@ def ingest_corpus(
                 documents=[gateway_pb2.Document(id=d.id, title=d.title, text=d.text) for d in batch],
             )
             response = gateway.IngestDocuments(request, timeout=timeout)
-            statuses.update(_status(result.status) for result in response.results)
+            statuses.update(upsert_status(result.status) for result in response.results)
             progress.update(len(batch))
     return IngestSummary(len(corpus), len(corpus) - len(documents), dict(statuses))
-
-
-def _status(status: retriever_pb2.UpsertStatus.ValueType) -> str:
-    return retriever_pb2.UpsertStatus.Name(status).removeprefix("UPSERT_STATUS_").lower()
 
 
 def _evaluate_or_rejected(

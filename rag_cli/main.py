@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
@@ -51,10 +50,10 @@ def ingest(args: argparse.Namespace) -> int:
             )
             response = gateway.IngestDocuments(request, timeout=args.timeout)
             for result in response.results:
-                status = retriever_pb2.UpsertStatus.Name(result.status)
+                status = render.upsert_status(result.status)
                 counts[status] = counts.get(status, 0) + 1
             progress.update(len(batch))
-    summary = ", ".join(f"{n} {s.removeprefix('UPSERT_STATUS_').lower()}" for s, n in sorted(counts.items()))
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
     return 0
 

@@ -11,6 +11,11 @@ from rag.generator.v1 import generator_pb2
 from rag.retriever.v1 import retriever_pb2
 
 
+def upsert_status(status: retriever_pb2.UpsertStatus.ValueType) -> str:
+    """ "created", "updated" or "unchanged"."""
+    return retriever_pb2.UpsertStatus.Name(status).removeprefix("UPSERT_STATUS_").lower()
+
+
 def snippet(text: str, width: int = 160) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder=" …")
 

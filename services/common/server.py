@@ -27,6 +27,10 @@ from services.common.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 
+async def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """What serve() needs from a service."""
@@ -36,9 +40,9 @@ class ServiceBinding:
     # Adds the servicers to the server.
     register: Callable[[grpc.aio.Server], None]
     # Makes the real dependency ready; the service is SERVING once it returns.
-    start: Callable[[], Coroutine[Any, Any, None]]
+    start: Callable[[], Coroutine[Any, Any, None]] = _nothing
     # Releases the dependency after the server has stopped.
-    stop: Callable[[], Coroutine[Any, Any, None]]
+    stop: Callable[[], Coroutine[Any, Any, None]] = _nothing
 
 
 def untraced_calls() -> filters.Condition[grpc.HandlerCallDetails]:

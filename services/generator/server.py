@@ -59,7 +59,4 @@ async def run(settings: GeneratorSettings, tracer_provider: TracerProvider) -> N
     def register(server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
 
-    async def nothing() -> None:
-        return None
-
-    await serve(settings, ServiceBinding([SERVICE_NAME], register, nothing, nothing), tracer_provider)
+    await serve(settings, ServiceBinding([SERVICE_NAME], register), tracer_provider)
