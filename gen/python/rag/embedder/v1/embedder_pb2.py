@@ -25,31 +25,39 @@ _sym_db = _symbol_database.Default()
 from rag.common.v1 import common_pb2 as rag_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erag/embedder/v1/embedder.proto\x12\x0frag.embedder.v1\x1a\x1arag/common/v1/common.proto\"M\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12.\n\ninput_type\x18\x02 \x01(\x0e\x32\x1a.rag.embedder.v1.InputType\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x8e\x01\n\rEmbedResponse\x12.\n\nembeddings\x18\x01 \x03(\x0b\x32\x1a.rag.embedder.v1.Embedding\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"`\n\x0c\x43hunkRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x1b\n\x0eoverlap_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x11\n\x0f_overlap_tokens\"T\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nstart_char\x18\x02 \x01(\x05\x12\x10\n\x08\x65nd_char\x18\x03 \x01(\x05\x12\x13\n\x0btoken_count\x18\x04 \x01(\x05\"h\n\rChunkResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.rag.embedder.v1.TextChunk\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"\r\n\x0bInfoRequest\"\\\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02\x32\xe6\x01\n\x0f\x45mbedderService\x12\x46\n\x05\x45mbed\x12\x1d.rag.embedder.v1.EmbedRequest\x1a\x1e.rag.embedder.v1.EmbedResponse\x12\x46\n\x05\x43hunk\x12\x1d.rag.embedder.v1.ChunkRequest\x1a\x1e.rag.embedder.v1.ChunkResponse\x12\x43\n\x04Info\x12\x1c.rag.embedder.v1.InfoRequest\x1a\x1d.rag.embedder.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1erag/embedder/v1/embedder.proto\x12\x0frag.embedder.v1\x1a\x1arag/common/v1/common.proto\"q\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12.\n\ninput_type\x18\x02 \x01(\x0e\x32\x1a.rag.embedder.v1.InputType\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_truncate\".\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\xa2\x01\n\rEmbedResponse\x12.\n\nembeddings\x18\x01 \x03(\x0b\x32\x1a.rag.embedder.v1.Embedding\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x12\n\ncache_hits\x18\x05 \x01(\x05\"T\n\x12\x45mbedStreamRequest\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12,\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.rag.embedder.v1.EmbedRequest\"V\n\x13\x45mbedStreamResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12-\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1e.rag.embedder.v1.EmbedResponse\"`\n\x0c\x43hunkRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x1b\n\x0eoverlap_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x11\n\x0f_overlap_tokens\"T\n\tTextChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nstart_char\x18\x02 \x01(\x05\x12\x10\n\x08\x65nd_char\x18\x03 \x01(\x05\x12\x13\n\x0btoken_count\x18\x04 \x01(\x05\"h\n\rChunkResponse\x12*\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1a.rag.embedder.v1.TextChunk\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"\r\n\x0bInfoRequest\"\xfe\x01\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12/\n\x08\x62\x61tching\x18\x06 \x01(\x0b\x32\x1d.rag.embedder.v1.BatchingInfo\x12)\n\x05\x63\x61\x63he\x18\x07 \x01(\x0b\x32\x1a.rag.embedder.v1.CacheInfo\x12\x1b\n\x13truncate_by_default\x18\x08 \x01(\x08\x12\x16\n\x0emax_text_chars\x18\t \x01(\x05\"\x86\x01\n\x0c\x42\x61tchingInfo\x12\x17\n\x0fmax_batch_texts\x18\x01 \x01(\x05\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\x05\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x18\n\x10max_queued_texts\x18\x04 \x01(\x05\x12\x14\n\x0cqueued_texts\x18\x05 \x01(\x05\"I\n\tCacheInfo\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x0c\n\x04hits\x18\x03 \x01(\x04\x12\x0e\n\x06misses\x18\x04 \x01(\x04*V\n\tInputType\x12\x1a\n\x16INPUT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10INPUT_TYPE_QUERY\x10\x01\x12\x17\n\x13INPUT_TYPE_DOCUMENT\x10\x02\x32\xc4\x02\n\x0f\x45mbedderService\x12\x46\n\x05\x45mbed\x12\x1d.rag.embedder.v1.EmbedRequest\x1a\x1e.rag.embedder.v1.EmbedResponse\x12\\\n\x0b\x45mbedStream\x12#.rag.embedder.v1.EmbedStreamRequest\x1a$.rag.embedder.v1.EmbedStreamResponse(\x01\x30\x01\x12\x46\n\x05\x43hunk\x12\x1d.rag.embedder.v1.ChunkRequest\x1a\x1e.rag.embedder.v1.ChunkResponse\x12\x43\n\x04Info\x12\x1c.rag.embedder.v1.InfoRequest\x1a\x1d.rag.embedder.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rag.embedder.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INPUTTYPE']._serialized_start=731
-  _globals['_INPUTTYPE']._serialized_end=817
+  _globals['_INPUTTYPE']._serialized_start=1355
+  _globals['_INPUTTYPE']._serialized_end=1441
   _globals['_EMBEDREQUEST']._serialized_start=79
-  _globals['_EMBEDREQUEST']._serialized_end=156
-  _globals['_EMBEDDING']._serialized_start=158
-  _globals['_EMBEDDING']._serialized_end=185
-  _globals['_EMBEDRESPONSE']._serialized_start=188
-  _globals['_EMBEDRESPONSE']._serialized_end=330
-  _globals['_CHUNKREQUEST']._serialized_start=332
-  _globals['_CHUNKREQUEST']._serialized_end=428
-  _globals['_TEXTCHUNK']._serialized_start=430
-  _globals['_TEXTCHUNK']._serialized_end=514
-  _globals['_CHUNKRESPONSE']._serialized_start=516
-  _globals['_CHUNKRESPONSE']._serialized_end=620
-  _globals['_INFOREQUEST']._serialized_start=622
-  _globals['_INFOREQUEST']._serialized_end=635
-  _globals['_INFORESPONSE']._serialized_start=637
-  _globals['_INFORESPONSE']._serialized_end=729
-  _globals['_EMBEDDERSERVICE']._serialized_start=820
-  _globals['_EMBEDDERSERVICE']._serialized_end=1050
+  _globals['_EMBEDREQUEST']._serialized_end=192
+  _globals['_EMBEDDING']._serialized_start=194
+  _globals['_EMBEDDING']._serialized_end=240
+  _globals['_EMBEDRESPONSE']._serialized_start=243
+  _globals['_EMBEDRESPONSE']._serialized_end=405
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=407
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=491
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=493
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=579
+  _globals['_CHUNKREQUEST']._serialized_start=581
+  _globals['_CHUNKREQUEST']._serialized_end=677
+  _globals['_TEXTCHUNK']._serialized_start=679
+  _globals['_TEXTCHUNK']._serialized_end=763
+  _globals['_CHUNKRESPONSE']._serialized_start=765
+  _globals['_CHUNKRESPONSE']._serialized_end=869
+  _globals['_INFOREQUEST']._serialized_start=871
+  _globals['_INFOREQUEST']._serialized_end=884
+  _globals['_INFORESPONSE']._serialized_start=887
+  _globals['_INFORESPONSE']._serialized_end=1141
+  _globals['_BATCHINGINFO']._serialized_start=1144
+  _globals['_BATCHINGINFO']._serialized_end=1278
+  _globals['_CACHEINFO']._serialized_start=1280
+  _globals['_CACHEINFO']._serialized_end=1353
+  _globals['_EMBEDDERSERVICE']._serialized_start=1444
+  _globals['_EMBEDDERSERVICE']._serialized_end=1768
 # @@protoc_insertion_point(module_scope)

@@ -44,22 +44,31 @@ class EmbedRequest(_message.Message):
 
     TEXTS_FIELD_NUMBER: _builtins.int
     INPUT_TYPE_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
     input_type: Global___InputType.ValueType
+    truncate: _builtins.bool
+    """What to do with a text longer than the model reads (max_tokens): true cuts
+    it to its first max_tokens tokens and flags it; false rejects the request
+    with INVALID_ARGUMENT. Unset means the server default (InfoResponse).
+    """
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """1..max_batch_size non-blank texts."""
+        """1..max_batch_size non-blank texts, each at most max_text_chars characters."""
 
     def __init__(
         self,
         *,
         texts: _abc.Iterable[_builtins.str] | None = ...,
         input_type: Global___InputType.ValueType = ...,
+        truncate: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "truncate", b"truncate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_type", b"input_type", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_truncate", b"_truncate", "input_type", b"input_type", "texts", b"texts", "truncate", b"truncate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__truncate: _TypeAlias = _typing.Literal["truncate"]  # noqa: Y015
+    _WhichOneofArgType__truncate: _TypeAlias = _typing.Literal["_truncate", b"_truncate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__truncate) -> _WhichOneofReturnType__truncate | None: ...
 
 Global___EmbedRequest: _TypeAlias = EmbedRequest  # noqa: Y015
 
@@ -68,16 +77,20 @@ class Embedding(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VALUES_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """The text was longer than max_tokens and only its beginning was embedded."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
         values: _abc.Iterable[_builtins.float] | None = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["truncated", b"truncated", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -91,8 +104,11 @@ class EmbedResponse(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
     dimension: _builtins.int
     model: _builtins.str
+    cache_hits: _builtins.int
+    """How many of the texts were answered from the embedding cache."""
     @_builtins.property
     def embeddings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Embedding]:
         """One per input text, in input order, L2-normalised."""
@@ -106,14 +122,62 @@ class EmbedResponse(_message.Message):
         dimension: _builtins.int = ...,
         model: _builtins.str = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        cache_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "embeddings", b"embeddings", "model", b"model", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hits", b"cache_hits", "dimension", b"dimension", "embeddings", b"embeddings", "model", b"model", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbedResponse: _TypeAlias = EmbedResponse  # noqa: Y015
+
+@_typing.final
+class EmbedStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Chosen by the caller and echoed in the response, to match them up."""
+    @_builtins.property
+    def batch(self) -> Global___EmbedRequest: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        batch: Global___EmbedRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedStreamRequest: _TypeAlias = EmbedStreamRequest  # noqa: Y015
+
+@_typing.final
+class EmbedStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___EmbedResponse: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        batch: Global___EmbedResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbedStreamResponse: _TypeAlias = EmbedStreamResponse  # noqa: Y015
 
 @_typing.final
 class ChunkRequest(_message.Message):
@@ -220,11 +284,27 @@ class InfoResponse(_message.Message):
     DIMENSION_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    BATCHING_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
+    TRUNCATE_BY_DEFAULT_FIELD_NUMBER: _builtins.int
+    MAX_TEXT_CHARS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     dimension: _builtins.int
     max_tokens: _builtins.int
-    """Longest input, in tokens, the model reads; longer input is truncated."""
+    """Longest input, in tokens, the model reads; see EmbedRequest.truncate."""
     max_batch_size: _builtins.int
+    """Most texts one EmbedRequest may carry."""
+    backend: _builtins.str
+    """The inference engine: "onnx" (ONNX Runtime) or "torch"."""
+    truncate_by_default: _builtins.bool
+    """What an EmbedRequest without truncate gets."""
+    max_text_chars: _builtins.int
+    """Longest text, in characters, an EmbedRequest may carry."""
+    @_builtins.property
+    def batching(self) -> Global___BatchingInfo: ...
+    @_builtins.property
+    def cache(self) -> Global___CacheInfo: ...
     def __init__(
         self,
         *,
@@ -232,11 +312,83 @@ class InfoResponse(_message.Message):
         dimension: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
         max_batch_size: _builtins.int = ...,
+        backend: _builtins.str = ...,
+        batching: Global___BatchingInfo | None = ...,
+        cache: Global___CacheInfo | None = ...,
+        truncate_by_default: _builtins.bool = ...,
+        max_text_chars: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batching", b"batching", "cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "max_batch_size", b"max_batch_size", "max_tokens", b"max_tokens", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "batching", b"batching", "cache", b"cache", "dimension", b"dimension", "max_batch_size", b"max_batch_size", "max_text_chars", b"max_text_chars", "max_tokens", b"max_tokens", "model", b"model", "truncate_by_default", b"truncate_by_default"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015
+
+@_typing.final
+class BatchingInfo(_message.Message):
+    """How concurrent requests are coalesced into model batches."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_BATCH_TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_MS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_TEXTS_FIELD_NUMBER: _builtins.int
+    QUEUED_TEXTS_FIELD_NUMBER: _builtins.int
+    max_batch_texts: _builtins.int
+    """Most texts in one model batch."""
+    max_batch_tokens: _builtins.int
+    """Most tokens in one model batch, counting padding (texts x longest text)."""
+    max_wait_ms: _builtins.float
+    """How long a batch waits for more texts before it runs; 0 runs at once."""
+    max_queued_texts: _builtins.int
+    """Texts waiting for the model beyond which requests get RESOURCE_EXHAUSTED."""
+    queued_texts: _builtins.int
+    """Texts waiting for the model now."""
+    def __init__(
+        self,
+        *,
+        max_batch_texts: _builtins.int = ...,
+        max_batch_tokens: _builtins.int = ...,
+        max_wait_ms: _builtins.float = ...,
+        max_queued_texts: _builtins.int = ...,
+        queued_texts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch_texts", b"max_batch_texts", "max_batch_tokens", b"max_batch_tokens", "max_queued_texts", b"max_queued_texts", "max_wait_ms", b"max_wait_ms", "queued_texts", b"queued_texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchingInfo: _TypeAlias = BatchingInfo  # noqa: Y015
+
+@_typing.final
+class CacheInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    capacity: _builtins.int
+    """Most embeddings kept; 0 means the cache is off."""
+    size: _builtins.int
+    hits: _builtins.int
+    misses: _builtins.int
+    def __init__(
+        self,
+        *,
+        capacity: _builtins.int = ...,
+        size: _builtins.int = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "hits", b"hits", "misses", b"misses", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheInfo: _TypeAlias = CacheInfo  # noqa: Y015

@@ -41,6 +41,11 @@ class EmbedderServiceStub:
                 request_serializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.EmbedStream = channel.stream_stream(
+                '/rag.embedder.v1.EmbedderService/EmbedStream',
+                request_serializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamRequest.SerializeToString,
+                response_deserializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamResponse.FromString,
+                _registered_method=True)
         self.Chunk = channel.unary_unary(
                 '/rag.embedder.v1.EmbedderService/Chunk',
                 request_serializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.ChunkRequest.SerializeToString,
@@ -59,7 +64,17 @@ class EmbedderServiceServicer:
     """
 
     def Embed(self, request, context):
-        """Embeds a batch of texts, in order.
+        """Embeds a batch of texts, in order. Concurrent calls share model batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedStream(self, request_iterator, context):
+        """The bulk path for ingestion: a stream of batches in, their embeddings out,
+        in the order sent, each response echoing its request's sequence. The
+        server works on a few batches of one stream at a time and reads no further
+        until one is answered, so a large corpus flows without one giant message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,6 +101,11 @@ def add_EmbedderServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.FromString,
                     response_serializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
+            ),
+            'EmbedStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EmbedStream,
+                    request_deserializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamRequest.FromString,
+                    response_serializer=rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamResponse.SerializeToString,
             ),
             'Chunk': grpc.unary_unary_rpc_method_handler(
                     servicer.Chunk,
@@ -127,6 +147,33 @@ class EmbedderService:
             '/rag.embedder.v1.EmbedderService/Embed',
             rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
             rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rag.embedder.v1.EmbedderService/EmbedStream',
+            rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamRequest.SerializeToString,
+            rag_dot_embedder_dot_v1_dot_embedder__pb2.EmbedStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

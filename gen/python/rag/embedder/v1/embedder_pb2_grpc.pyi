@@ -36,7 +36,13 @@ class EmbedderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EmbedderServiceAsyncStub: ...
     Embed: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.EmbedRequest, _embedder_pb2.EmbedResponse]
-    """Embeds a batch of texts, in order."""
+    """Embeds a batch of texts, in order. Concurrent calls share model batches."""
+    EmbedStream: _grpc.StreamStreamMultiCallable[_embedder_pb2.EmbedStreamRequest, _embedder_pb2.EmbedStreamResponse]
+    """The bulk path for ingestion: a stream of batches in, their embeddings out,
+    in the order sent, each response echoing its request's sequence. The
+    server works on a few batches of one stream at a time and reads no further
+    until one is answered, so a large corpus flows without one giant message.
+    """
     Chunk: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.ChunkRequest, _embedder_pb2.ChunkResponse]
     """Splits one text into overlapping token windows."""
     Info: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.InfoRequest, _embedder_pb2.InfoResponse]
@@ -50,7 +56,13 @@ class EmbedderServiceAsyncStub(EmbedderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Embed: _aio.UnaryUnaryMultiCallable[_embedder_pb2.EmbedRequest, _embedder_pb2.EmbedResponse]  # type: ignore[assignment]
-    """Embeds a batch of texts, in order."""
+    """Embeds a batch of texts, in order. Concurrent calls share model batches."""
+    EmbedStream: _aio.StreamStreamMultiCallable[_embedder_pb2.EmbedStreamRequest, _embedder_pb2.EmbedStreamResponse]  # type: ignore[assignment]
+    """The bulk path for ingestion: a stream of batches in, their embeddings out,
+    in the order sent, each response echoing its request's sequence. The
+    server works on a few batches of one stream at a time and reads no further
+    until one is answered, so a large corpus flows without one giant message.
+    """
     Chunk: _aio.UnaryUnaryMultiCallable[_embedder_pb2.ChunkRequest, _embedder_pb2.ChunkResponse]  # type: ignore[assignment]
     """Splits one text into overlapping token windows."""
     Info: _aio.UnaryUnaryMultiCallable[_embedder_pb2.InfoRequest, _embedder_pb2.InfoResponse]  # type: ignore[assignment]
@@ -67,7 +79,19 @@ class EmbedderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _embedder_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_embedder_pb2.EmbedResponse, _abc.Awaitable[_embedder_pb2.EmbedResponse]]:
-        """Embeds a batch of texts, in order."""
+        """Embeds a batch of texts, in order. Concurrent calls share model batches."""
+
+    @_abc_1.abstractmethod
+    def EmbedStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_embedder_pb2.EmbedStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_embedder_pb2.EmbedStreamResponse], _abc.AsyncIterator[_embedder_pb2.EmbedStreamResponse]]:
+        """The bulk path for ingestion: a stream of batches in, their embeddings out,
+        in the order sent, each response echoing its request's sequence. The
+        server works on a few batches of one stream at a time and reads no further
+        until one is answered, so a large corpus flows without one giant message.
+        """
 
     @_abc_1.abstractmethod
     def Chunk(
