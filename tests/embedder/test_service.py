@@ -159,3 +159,21 @@ def test_the_torch_engine_serves_the_same_vectors(
     assert embedder.Info(embedder_pb2.InfoRequest()).backend == "torch"
     expected = model.encoder.encode(model.tokenizer.tokenize(texts))
     assert (vectors(response) * expected).sum(axis=1).min() > 0.9999
+
+
+def test_prefixes_by_input_type_come_from_the_settings(
+    start_embedder: StartEmbedder, model: EmbeddingModel
+) -> None:
+    embedder = start_embedder(query_prefix="query: ", document_prefix="passage: ", cache_size="0")
+    text = "how do plants fix nitrogen"
+
+    as_query = embedder.Embed(
+        embedder_pb2.EmbedRequest(texts=[text], input_type=embedder_pb2.INPUT_TYPE_QUERY)
+    )
+    as_document = embedder.Embed(
+        embedder_pb2.EmbedRequest(texts=[text], input_type=embedder_pb2.INPUT_TYPE_DOCUMENT)
+    )
+
+    expected = model.encoder.encode(model.tokenizer.tokenize(["query: " + text, "passage: " + text]))
+    assert (vectors(as_query)[0] * expected[0]).sum() > 0.9999
+    assert (vectors(as_document)[0] * expected[1]).sum() > 0.9999
