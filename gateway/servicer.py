@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 
-from gateway import requests
+from gateway import instruments, requests
 from gateway.config import GatewaySettings
 from gateway.pipeline import Deadline, Pipeline
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -51,7 +51,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Ask(self, request: gateway_pb2.AskRequest, context: Context) -> gateway_pb2.AskResponse:
         top_k = self._validate_ask(request)
         timer, deadline = self._begin(context)
-        return await self._pipeline.ask(request, top_k, timer, deadline)
+        response = await self._pipeline.ask(request, top_k, timer, deadline)
+        instruments.record_answer(response)
+        return response
 
     async def AskStream(
         self, request: gateway_pb2.AskStreamRequest, context: Context
@@ -59,6 +61,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         top_k = self._validate_ask(request.request, prefix="request.")
         timer, deadline = self._begin(context)
         async for event in self._pipeline.ask_stream(request.request, top_k, timer, deadline):
+            if event.HasField("final"):
+                instruments.record_answer(event.final)
             yield event
 
     def _validate_ask(self, request: gateway_pb2.AskRequest, prefix: str = "") -> int:
@@ -73,6 +77,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         documents = requests.documents(request.documents, self._settings)
         timer, deadline = self._begin(context)
         results = await self._pipeline.ingest(request.namespace, documents, request.chunking, timer, deadline)
+        instruments.record_ingest(results)
         return gateway_pb2.IngestDocumentsResponse(results=results, timings=timer.to_proto())
 
     async def DeleteDocuments(

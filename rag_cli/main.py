@@ -95,9 +95,17 @@ def up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from rag_cli.stack import Stack
+    from rag_cli.stack import DEFAULT_PORTS, Stack
 
-    stack = Stack(data_dir=Path(args.data_dir).resolve(), database_url=os.environ.get("DATABASE_URL"))
+    # Consecutive ports in DEFAULT_PORTS' order: gateway, embedder, retriever, generator.
+    metrics_ports = (
+        {name: args.metrics_port + i for i, name in enumerate(DEFAULT_PORTS)} if args.metrics_port else {}
+    )
+    stack = Stack(
+        data_dir=Path(args.data_dir).resolve(),
+        database_url=os.environ.get("DATABASE_URL"),
+        metrics_ports=metrics_ports,
+    )
     where = "DATABASE_URL" if stack.database_url else f"embedded PostgreSQL in {stack.data_dir / 'pgdata'}"
     print(f"starting embedder, retriever, generator and gateway ({where}); logs in {stack.data_dir / 'logs'}")
     stopped = threading.Event()
@@ -107,6 +115,8 @@ def up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with stack:
         print(f"gateway serving on {stack.gateway_target}")
+        for name in metrics_ports:
+            print(f"{name} metrics on {stack.metrics_url(name)}")
         args.gateway = stack.gateway_target
         if args.samples:
             args.paths, args.batch_size = [args.samples], 16
@@ -137,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--data-dir", default=str(REPO_ROOT / "var"), help="database and logs")
     command.add_argument(
         "--samples", default=str(REPO_ROOT / "samples"), help="documents to ingest first ('' for none)"
+    )
+    command.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics: gateway on PORT, embedder PORT+1, retriever +2, generator +3",
     )
     command.set_defaults(run=up)
 

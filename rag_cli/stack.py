@@ -45,6 +45,9 @@ class Stack:
     ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     # Extra environment for every service, e.g. OTEL_* or GENERATOR_BACKEND.
     env: Mapping[str, str] = field(default_factory=dict)
+    # Prometheus /metrics port per service (process name), on 127.0.0.1. Unset, no
+    # process serves metrics (unless env turns them on), so `rag up` stays quiet.
+    metrics_ports: Mapping[str, int] = field(default_factory=dict)
     grace_period_s: float = 5.0
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     _postgres: Any = field(default=None, init=False)
@@ -57,6 +60,9 @@ class Stack:
 
     def target(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
+
+    def metrics_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"
@@ -87,10 +93,24 @@ class Stack:
         return environment
 
     def start_service(self, name: str, module: str, environment: Mapping[str, str]) -> None:
+        environment = {**environment, **self._metrics_environment(name, environment)}
         with self.log_path(name).open("ab") as log:
             self._processes[name] = subprocess.Popen(
-                [sys.executable, "-m", module], env=dict(environment), stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", module], env=environment, stdout=log, stderr=subprocess.STDOUT
             )
+
+    def _metrics_environment(self, name: str, environment: Mapping[str, str]) -> dict[str, str]:
+        """Prometheus on this process's own port, added to any exporters the environment names."""
+        if name not in self.metrics_ports:
+            return {}
+        exporters = [
+            e for e in environment.get("OTEL_METRICS_EXPORTER", "").split(",") if e not in ("", "none")
+        ]
+        return {
+            "OTEL_METRICS_EXPORTER": ",".join(dict.fromkeys([*exporters, "prometheus"])),
+            "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+            "OTEL_EXPORTER_PROMETHEUS_PORT": str(self.metrics_ports[name]),
+        }
 
     def wait_until_serving(self, name: str, deadline: float) -> None:
         process = self._processes[name]

@@ -36,7 +36,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OtlpReceiver)
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     ports = {name: free_port() for name in DEFAULT_PORTS}
-    with Stack(data_dir=tmp_path_factory.mktemp("stack"), ports=ports, env=telemetry) as running:
+    # Each service serves Prometheus /metrics on a port of its own (tests/e2e/test_service_metrics.py).
+    metrics_ports = {name: free_port() for name in DEFAULT_PORTS}
+    with Stack(
+        data_dir=tmp_path_factory.mktemp("stack"), ports=ports, env=telemetry, metrics_ports=metrics_ports
+    ) as running:
         yield running
 
 

@@ -102,6 +102,10 @@ UPSTREAMS = ("embedder", "retriever", "generator")
 # Created out of band in prod (and with external-postgres): README "Deploying on Kubernetes".
 EXTERNAL_SECRETS = {"rag-database", "rag-llm"}
 OTLP_GRPC_PORT = 4317
+METRICS_PORT = 9464
+CPU_TARGET = {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}
+# The Prometheus name of rag.embedder.queue.depth; tests/e2e/test_service_metrics.py scrapes it.
+QUEUE_DEPTH_METRIC = "rag_embedder_queue_depth"
 POSTGRES_DEFAULT_MAX_CONNECTIONS = 100
 POSTGRES_RESERVED_CONNECTIONS = 3  # superuser_reserved_connections
 
@@ -170,7 +174,7 @@ def test_every_overlay_is_rendered_with_every_component() -> None:
     overlays = {p.parent.name for p in (k8s / "overlays").glob("*/kustomization.yaml")}
     components = {p.parent.name for p in (k8s / "components").glob("*/kustomization.yaml")}
     assert {"dev", "prod"} <= overlays
-    assert {"network-policies", "external-postgres"} <= components
+    assert {"network-policies", "external-postgres", "embedder-queue-autoscaling"} <= components
     names = {r.name for r in RENDERS}
     for overlay in overlays:
         assert f"overlays/{overlay}" in names
@@ -354,7 +358,10 @@ def test_probes_ports_and_settings_agree(render: Rendered, service: ServiceSpec)
     env = service_env(render, service)
     where = f"{render.name}: {service.name}"
 
-    assert [p["containerPort"] for p in container["ports"]] == [service.port], where
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "grpc": service.port,
+        "metrics": METRICS_PORT,
+    }, where
     assert env[f"{service.prefix}PORT"] == str(service.port), where
     # Listening on 127.0.0.1 (the settings' default) would refuse the kubelet and every peer.
     assert env[f"{service.prefix}HOST"] in ("0.0.0.0", "[::]"), where
@@ -581,6 +588,42 @@ def test_traces_go_to_the_collector(render: Rendered, service: ServiceSpec) -> N
     assert "debug" in traces["exporters"]
 
 
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+def test_metrics_are_served_and_scraped(render: Rendered, service: ServiceSpec) -> None:
+    deployment = render.one("Deployment", service.name)
+    env = service_env(render, service)
+    where = f"{render.name}: {service.name}"
+    assert "prometheus" in env["OTEL_METRICS_EXPORTER"].split(","), where
+    # The default, localhost, would refuse Prometheus.
+    assert env["OTEL_EXPORTER_PROMETHEUS_HOST"] in ("0.0.0.0", "[::]"), where
+    assert int(env["OTEL_EXPORTER_PROMETHEUS_PORT"]) == METRICS_PORT, where
+    assert container_ports(deployment)["metrics"] == METRICS_PORT, where
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true", where
+    assert annotations.get("prometheus.io/port") == str(METRICS_PORT), where
+    assert annotations.get("prometheus.io/path") == "/metrics", where
+    if render.all("NetworkPolicy"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        admits_scrape = [
+            policy["metadata"]["name"]
+            for policy in render.all("NetworkPolicy")
+            if _selects_by_expression(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("ingress", [])
+            if _port_allowed(rule, METRICS_PORT, "TCP")
+            and any("namespaceSelector" in peer for peer in rule.get("from", []))
+        ]
+        assert admits_scrape, f"{where}: no NetworkPolicy admits Prometheus to port {METRICS_PORT}"
+
+
+def _selects_by_expression(selector: Manifest, labels: dict[str, str]) -> bool:
+    """matchLabels and the In operator of matchExpressions, all the policies here use."""
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return labels_match(selector.get("matchLabels", {}), labels)
+
+
 # --- Scaling ---------------------------------------------------------------
 
 
@@ -611,6 +654,14 @@ def test_autoscalers_and_disruption_budgets(render: Rendered) -> None:
             assert render.one("Deployment", service)["spec"]["replicas"] == 1
     if render.name.startswith("overlays/prod"):
         assert set(autoscalers) == set(SERVICES)
+        metrics = autoscalers["embedder"]["spec"]["metrics"]
+        # CPU always; with the component, the queue depth as well.
+        assert {"type": "Resource", "resource": CPU_TARGET} in metrics, render.name
+        pods = [m["pods"] for m in metrics if m["type"] == "Pods"]
+        if "embedder-queue-autoscaling" in render.name:
+            assert [p["metric"]["name"] for p in pods] == [QUEUE_DEPTH_METRIC], render.name
+        else:
+            assert not pods, render.name
         for service in SERVICES:
             assert autoscalers[service]["spec"]["minReplicas"] >= 3
             assert render.one("PodDisruptionBudget", service)["spec"].get("minAvailable") == 2
@@ -675,9 +726,7 @@ def allowed(
     policies = render.all("NetworkPolicy")
 
     def selects(policy: Manifest, labels: dict[str, str] | None) -> bool:
-        return labels is not None and labels_match(
-            policy["spec"]["podSelector"].get("matchLabels", {}), labels
-        )
+        return labels is not None and _selects_by_expression(policy["spec"]["podSelector"], labels)
 
     egress = [p for p in policies if selects(p, src) and "Egress" in p["spec"].get("policyTypes", [])]
     egress_ok = not egress or any(

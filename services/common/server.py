@@ -22,6 +22,8 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.common.errors_interceptor import ErrorInterceptor
+from services.common.metrics import namespace_of, setup_metrics
+from services.common.metrics_interceptor import MetricsInterceptor
 from services.common.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -46,16 +48,20 @@ class ServiceBinding:
 
 
 def untraced_calls() -> filters.Condition[grpc.HandlerCallDetails]:
-    """Health checks and reflection would drown real traces; keep them out."""
+    """Health checks and reflection would drown real traces and RPC metrics; keep them out."""
     return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection")))
 
 
 async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provider: TracerProvider) -> None:
+    # Metrics share the traces' resource (service.name, OTEL_RESOURCE_ATTRIBUTES).
+    metrics_export = setup_metrics(tracer_provider.resource)
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=tracer_provider, filter_=untraced_calls()
             ),
+            # Outside ErrorInterceptor: it sees the status an exception was turned into.
+            MetricsInterceptor(namespace_of(binding.service_names[0]), untraced_calls()),
             ErrorInterceptor(),
         ],
         options=[
@@ -100,6 +106,7 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
     await server.stop(settings.grace_period_s)
     await binding.stop()
     tracer_provider.shutdown()
+    metrics_export.shutdown()
     log.info("stopped")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import ResourceExhausted, Unavailable
+from services.embedder import instruments
 from services.embedder.encoder import Encoder
 from services.embedder.tokens import TokenizedText
 
@@ -68,6 +69,7 @@ class DynamicBatcher:
         self._worker: asyncio.Task[None] | None = None
         # Seconds of model time per text, smoothed; turns queue length into a retry hint.
         self._seconds_per_text = 0.005
+        instruments.track_queue(self)
 
     @property
     def queued_texts(self) -> int:
@@ -112,6 +114,8 @@ class DynamicBatcher:
             batch = self._next_batch()
             if not batch:
                 continue
+            instruments.batch_size.record(len(batch))
+            instruments.batch_padded_tokens.record(len(batch) * max(len(waiting.text) for waiting in batch))
             started = time.perf_counter()
             try:
                 vectors = await loop.run_in_executor(

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from cachetools import LRUCache
 
+from services.embedder import instruments
+
 
 @dataclass(frozen=True, slots=True)
 class CachedEmbedding:
@@ -39,8 +41,10 @@ class EmbeddingCache:
         found = self._entries.get(key)
         if found is None:
             self.misses += 1
+            instruments.cache_misses.add(1)
         else:
             self.hits += 1
+            instruments.cache_hits.add(1)
         return found
 
     def put(self, key: bytes, embedding: CachedEmbedding) -> None:

@@ -22,6 +22,7 @@ from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
 from services.common.validation import require_range, require_text
+from services.generator import instruments
 from services.generator.backends.base import AnswerBackend
 from services.generator.context import AssembledContext, ContextAssembler, PromptTooLong
 from services.generator.sources import Answer, GenerationOptions, Source, Turn
@@ -61,6 +62,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
         with timer.stage("generate") as span:
             assembled = await self._assemble(question, sources, history, options, "", span)
             answer = await self._backend.answer(question, assembled.sources, assembled.history, options)
+        instruments.record_usage(answer)
         return _response(answer, timer)
 
     async def GenerateStream(
@@ -79,6 +81,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
                         yield generator_pb2.GenerateStreamResponse(
                             delta=generator_pb2.AnswerDelta(text=event)
                         )
+        instruments.record_usage(final)
         yield generator_pb2.GenerateStreamResponse(final=_response(final, timer))
 
     async def _assemble(

@@ -17,7 +17,7 @@ from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
-from services.retriever import rerank_stage
+from services.retriever import instruments, rerank_stage
 from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode
@@ -136,7 +136,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         )
         depth = max(request.top_k, rerank_plan.candidates) if rerank_plan else request.top_k
         timer = StageTimer(self._tracer, "rag.retriever")
-        with timer.stage("search") as span:
+        # One SQL statement runs both legs and the fusion: the mode tells their latencies apart.
+        mode_attribute = {"search.mode": mode.value}
+        with timer.stage("search", mode_attribute) as span:
             span.set_attribute("rag.retriever.top_k", request.top_k)
             span.set_attribute("rag.retriever.mode", mode.value)
             hits = await store.search(
@@ -157,6 +159,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                     self._rerank.reranker.value, request.query_text, hits, request.top_k, rerank_plan.budget_s
                 )
                 span.set_attribute("rag.retriever.rerank_timed_out", reranked.timed_out)
+        instruments.search_hits.record(len(reranked.hits), mode_attribute)
         return retriever_pb2.SearchResponse(
             hits=[_hit(hit) for hit in reranked.hits],
             mode=_MODE_PROTOS[mode],

@@ -1,0 +1,137 @@
+"""Request count and latency of every RPC, by method and final status, in one place.
+
+<namespace>.rpc.requests (counter) and <namespace>.rpc.duration (histogram, s),
+with rpc.service, rpc.method and rpc.grpc.status_code (the status name, e.g.
+"OK", "INVALID_ARGUMENT"). It sits outside ErrorInterceptor, so a servicer's
+exception arrives here as the abort it was turned into, with its status on the
+context. A stream is timed until its last message is sent, or until it fails
+or the caller goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from opentelemetry import metrics
+
+from services.common.metrics import LATENCY_BUCKETS_S
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Attributes = dict[str, str]
+
+
+def final_status(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    """The status the caller gets, from how the handler ended."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code  # set by an abort (ErrorInterceptor) or by the handler itself
+    if error is None:
+        return grpc.StatusCode.OK
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        # gRPC cancels the handler when the caller cancels or its deadline passes.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an unhandled exception
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, namespace: str, measured: Callable[[grpc.HandlerCallDetails], bool]) -> None:
+        """namespace: rag.<service>; measured: which calls count (not health checks or reflection)."""
+        meter = metrics.get_meter(__name__)
+        self._requests = meter.create_counter(
+            f"{namespace}.rpc.requests", unit="{request}", description="RPCs handled, by final status."
+        )
+        self._duration = meter.create_histogram(
+            f"{namespace}.rpc.duration",
+            unit="s",
+            description="Time from a call's arrival to its last response or failure.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS_S,
+        )
+        self._measured = measured
+
+    def _record(self, attributes: Attributes, code: grpc.StatusCode, started: float) -> None:
+        attributes = {**attributes, "rpc.grpc.status_code": code.name}
+        self._requests.add(1, attributes)
+        self._duration.record(time.perf_counter() - started, attributes)
+
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], attributes: Attributes
+    ) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                self._record(attributes, final_status(context, error), started)
+
+        return call
+
+    def _wrap_streaming(
+        self, behavior: Callable[..., AsyncIterator[Any]], attributes: Attributes
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                self._record(attributes, final_status(context, error), started)
+
+        return call
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        # An unknown method (handler None) is answered UNIMPLEMENTED by gRPC and not
+        # counted: its name is whatever the caller sent, unbounded as a label.
+        if handler is None or not self._measured(handler_call_details):
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        attributes = {"rpc.service": service, "rpc.method": method}
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, attributes),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, attributes),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                # Async generators here; the stubs only know the sync server's iterator type.
+                self._wrap_streaming(
+                    cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), attributes
+                ),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_streaming(
+                    cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), attributes
+                ),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

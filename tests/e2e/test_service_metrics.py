@@ -1,0 +1,174 @@
+"""Every service's Prometheus endpoint moves with the calls made through the gateway.
+
+The session stack serves each service's /metrics on a port of its own
+(tests/conftest.py). Other tests share the stack, so every check compares two
+scrapes, before and after this test's calls, and asks only that a value grew.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag_cli.stack import DEFAULT_PORTS, Stack
+from tests.conftest import THREE_TOPICS, sample_document
+
+REPO = Path(__file__).resolve().parents[2]
+Labels = frozenset[tuple[str, str]]
+
+
+class Scrape:
+    """One /metrics page: every sample by name and labels."""
+
+    def __init__(self, text: str) -> None:
+        families = list(text_string_to_metric_families(text))
+        self.types = {family.name: family.type for family in families}
+        self.samples: dict[tuple[str, Labels], float] = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in families
+            for sample in family.samples
+        }
+
+    def has(self, name: str, **labels: str) -> bool:
+        wanted = set(labels.items())
+        return any(n == name and wanted <= series for n, series in self.samples)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over the series of `name` carrying (at least) these labels."""
+        wanted = set(labels.items())
+        return sum(v for (n, series), v in self.samples.items() if n == name and wanted <= series)
+
+
+# Before and after the calls.
+Scrapes = tuple[dict[str, Scrape], dict[str, Scrape]]
+
+
+def scrape_all(stack: Stack) -> dict[str, Scrape]:
+    pages = {}
+    for service in DEFAULT_PORTS:
+        with urllib.request.urlopen(stack.metrics_url(service), timeout=10) as reply:
+            pages[service] = Scrape(reply.read().decode())
+    return pages
+
+
+@pytest.fixture(scope="module")
+def scrapes(stack: Stack, gateway: gateway_pb2_grpc.GatewayServiceStub) -> Scrapes:
+    """Scrapes before and after a few calls of every kind, one of them refused."""
+    before = scrape_all(stack)
+    namespace = "metrics-test"
+    # Other tests ingest the samples too, so their chunks' embeddings may come from the
+    # cache: a text seen nowhere else makes sure the model runs a batch.
+    unseen = gateway_pb2.Document(
+        id="unseen", text=f"Probe {uuid.uuid4()}: metrics must move when text is embedded."
+    )
+    ingest = gateway_pb2.IngestDocumentsRequest(
+        namespace=namespace, documents=[*(sample_document(name) for name in THREE_TOPICS), unseen]
+    )
+    gateway.IngestDocuments(ingest)
+    gateway.IngestDocuments(ingest)  # unchanged: skipped by content hash
+    gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query="nightly base backup"))
+    question = gateway_pb2.AskRequest(namespace=namespace, question="How long are backups kept?")
+    gateway.Ask(question)
+    gateway.Ask(question)  # the same question: its embedding comes from the embedder's cache
+    for _ in gateway.AskStream(gateway_pb2.AskStreamRequest(request=question)):
+        pass
+    with pytest.raises(grpc.RpcError) as refused:
+        gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query=""))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return before, scrape_all(stack)
+
+
+def grew(scrapes: Scrapes, service: str, name: str, **labels: str) -> float:
+    before, after = scrapes
+    return after[service].total(name, **labels) - before[service].total(name, **labels)
+
+
+def test_gateway_counts_rpcs_by_method_and_status(
+    scrapes: Scrapes,
+) -> None:
+    for method, status, calls in [
+        ("IngestDocuments", "OK", 2),
+        ("Search", "OK", 1),
+        ("Ask", "OK", 2),
+        ("AskStream", "OK", 1),
+        ("Search", "INVALID_ARGUMENT", 1),
+    ]:
+        labels = {"rpc_method": method, "rpc_grpc_status_code": status}
+        assert grew(scrapes, "gateway", "rag_gateway_rpc_requests_total", **labels) >= calls, labels
+        assert grew(scrapes, "gateway", "rag_gateway_rpc_duration_seconds_count", **labels) >= calls, labels
+    assert grew(scrapes, "gateway", "rag_gateway_rpc_duration_seconds_sum") > 0
+
+
+def test_gateway_times_every_stage_and_counts_ingest_and_answers(
+    scrapes: Scrapes,
+) -> None:
+    for stage in ("check", "chunk", "embed", "upsert", "retrieve", "generate", "time_to_first_token"):
+        assert grew(scrapes, "gateway", "rag_gateway_stage_duration_seconds_count", stage=stage) >= 1, stage
+    assert grew(scrapes, "gateway", "rag_gateway_ingest_documents_total", status="created") == 4
+    assert grew(scrapes, "gateway", "rag_gateway_ingest_documents_total", status="unchanged") == 4
+    assert grew(scrapes, "gateway", "rag_gateway_ingest_chunks_total", status="created") >= 4
+    assert grew(scrapes, "gateway", "rag_gateway_answers_total") >= 3
+
+
+def test_embedder_reports_batches_cache_and_queue(
+    scrapes: Scrapes,
+) -> None:
+    embed = {"rpc_method": "Embed", "rpc_grpc_status_code": "OK"}
+    assert grew(scrapes, "embedder", "rag_embedder_rpc_requests_total", **embed) >= 4  # Search + 3 asks
+    assert grew(scrapes, "embedder", "rag_embedder_stage_duration_seconds_count", stage="embed") >= 4
+    assert grew(scrapes, "embedder", "rag_embedder_stage_duration_seconds_count", stage="chunk") >= 4
+    assert grew(scrapes, "embedder", "rag_embedder_batch_size_count") >= 1
+    assert grew(scrapes, "embedder", "rag_embedder_batch_size_sum") >= 1
+    assert grew(scrapes, "embedder", "rag_embedder_batch_padded_tokens_sum") > 0
+    assert grew(scrapes, "embedder", "rag_embedder_cache_hits_total") >= 2  # the repeated question
+    assert grew(scrapes, "embedder", "rag_embedder_cache_misses_total") >= 1
+    _, after = scrapes
+    assert after["embedder"].types["rag_embedder_queue_depth"] == "gauge"
+    assert after["embedder"].total("rag_embedder_queue_depth") >= 0
+
+
+def test_the_queue_autoscaler_uses_the_exported_name(
+    scrapes: Scrapes,
+) -> None:
+    component = REPO / "k8s/components/embedder-queue-autoscaling/kustomization.yaml"
+    patch = yaml.safe_load(yaml.safe_load(component.read_text())["patches"][0]["patch"])
+    names = [m["pods"]["metric"]["name"] for m in patch["spec"]["metrics"] if m["type"] == "Pods"]
+    _, after = scrapes
+    assert names
+    for name in names:
+        assert name in after["embedder"].types, f"the HPA scales on {name}, not exported"
+
+
+def test_retriever_counts_searches_and_hits(scrapes: Scrapes) -> None:
+    search = {"rpc_method": "Search", "rpc_grpc_status_code": "OK"}
+    assert grew(scrapes, "retriever", "rag_retriever_rpc_requests_total", **search) >= 4
+    assert grew(scrapes, "retriever", "rag_retriever_rpc_requests_total", rpc_method="Upsert") >= 1
+    hybrid = {"stage": "search", "search_mode": "hybrid"}
+    assert grew(scrapes, "retriever", "rag_retriever_stage_duration_seconds_count", **hybrid) >= 4
+    assert grew(scrapes, "retriever", "rag_retriever_search_hits_count", search_mode="hybrid") >= 4
+    assert grew(scrapes, "retriever", "rag_retriever_search_hits_sum") >= 4  # each found something
+
+
+def test_generator_counts_calls_and_tokens(scrapes: Scrapes) -> None:
+    for method, calls in [("Generate", 2), ("GenerateStream", 1)]:
+        labels = {"rpc_method": method, "rpc_grpc_status_code": "OK"}
+        assert grew(scrapes, "generator", "rag_generator_rpc_requests_total", **labels) >= calls, method
+    assert grew(scrapes, "generator", "rag_generator_stage_duration_seconds_count", stage="generate") >= 3
+    _, after = scrapes
+    # The extractive backend of the test stack uses no LLM: both series exist, at 0 tokens.
+    for kind in ("input", "output"):
+        assert after["generator"].has("rag_generator_tokens_total", gen_ai_token_type=kind), kind
+
+
+def test_health_checks_are_not_counted(scrapes: Scrapes) -> None:
+    _, after = scrapes
+    for service, page in after.items():
+        services = {dict(labels).get("rpc_service") for (name, labels) in page.samples if "_rpc_" in name}
+        assert "grpc.health.v1.Health" not in services, service

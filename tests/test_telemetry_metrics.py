@@ -1,0 +1,60 @@
+"""Service metrics pieces that need no running service (the rest: tests/e2e/test_service_metrics.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from rag_cli.stack import Stack
+from services.common.metrics import namespace_of
+from services.common.metrics_interceptor import final_status
+
+
+def test_namespace_is_the_proto_package_without_its_version() -> None:
+    assert namespace_of("rag.embedder.v1.EmbedderService") == "rag.embedder"
+    assert namespace_of("rag.gateway.v12.GatewayService") == "rag.gateway"
+    assert namespace_of("rag.vector.Service") == "rag.vector"
+
+
+class _Context:
+    def __init__(self, code: grpc.StatusCode | None = None, remaining: float | None = None) -> None:
+        self._code, self._remaining = code, remaining
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+@pytest.mark.parametrize(
+    ("context", "error", "expected"),
+    [
+        (_Context(), None, grpc.StatusCode.OK),
+        (_Context(grpc.StatusCode.INVALID_ARGUMENT), grpc.aio.AbortError(), grpc.StatusCode.INVALID_ARGUMENT),
+        (_Context(remaining=5.0), asyncio.CancelledError(), grpc.StatusCode.CANCELLED),
+        (_Context(), GeneratorExit(), grpc.StatusCode.CANCELLED),
+        (_Context(remaining=-0.1), asyncio.CancelledError(), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (_Context(), RuntimeError("bug"), grpc.StatusCode.UNKNOWN),
+    ],
+)
+def test_final_status(context: Any, error: BaseException | None, expected: grpc.StatusCode) -> None:
+    assert final_status(context, error) is expected
+
+
+def test_stack_turns_prometheus_on_only_for_processes_given_a_port(tmp_path: Path) -> None:
+    stack = Stack(data_dir=tmp_path, metrics_ports={"embedder": 19464})
+    assert stack._metrics_environment("gateway", {}) == {}
+    assert stack._metrics_environment("embedder", {"OTEL_METRICS_EXPORTER": "otlp"}) == {
+        "OTEL_METRICS_EXPORTER": "otlp,prometheus",
+        "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
+        "OTEL_EXPORTER_PROMETHEUS_PORT": "19464",
+    }
+    assert (
+        stack._metrics_environment("embedder", {"OTEL_METRICS_EXPORTER": "none"})["OTEL_METRICS_EXPORTER"]
+        == "prometheus"
+    )
