@@ -61,6 +61,11 @@ class GatewayServiceStub:
                 request_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsRequest.SerializeToString,
                 response_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsResponse.FromString,
                 _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/rag.gateway.v1.GatewayService/ListDocuments',
+                request_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -102,6 +107,13 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDocuments(self, request, context):
+        """Lists a namespace's documents: stored ones and those whose ingestion failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DeleteDocuments,
                     request_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsRequest.FromString,
                     response_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +285,33 @@ class GatewayService:
             '/rag.gateway.v1.GatewayService/DeleteDocuments',
             rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsRequest.SerializeToString,
             rag_dot_gateway_dot_v1_dot_gateway__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.gateway.v1.GatewayService/ListDocuments',
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

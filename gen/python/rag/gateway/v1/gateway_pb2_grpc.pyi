@@ -44,6 +44,8 @@ class GatewayServiceStub:
     IngestDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IngestDocumentsRequest, _gateway_pb2.IngestDocumentsResponse]
     """Chunks, embeds and stores documents; unchanged documents cost nothing."""
     DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentsRequest, _gateway_pb2.DeleteDocumentsResponse]
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]
+    """Lists a namespace's documents: stored ones and those whose ingestion failed."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -61,6 +63,8 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     IngestDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IngestDocumentsRequest, _gateway_pb2.IngestDocumentsResponse]  # type: ignore[assignment]
     """Chunks, embeds and stores documents; unchanged documents cost nothing."""
     DeleteDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentsRequest, _gateway_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists a namespace's documents: stored ones and those whose ingestion failed."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point: question answering and document management over the
@@ -105,5 +109,13 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.DeleteDocumentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.DeleteDocumentsResponse, _abc.Awaitable[_gateway_pb2.DeleteDocumentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _gateway_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListDocumentsResponse, _abc.Awaitable[_gateway_pb2.ListDocumentsResponse]]:
+        """Lists a namespace's documents: stored ones and those whose ingestion failed."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

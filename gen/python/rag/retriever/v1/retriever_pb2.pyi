@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from rag.common.v1 import common_pb2 as _common_pb2
@@ -31,6 +32,8 @@ class _UpsertStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpsertSt
     UPSERT_STATUS_CREATED: _UpsertStatus.ValueType  # 1
     UPSERT_STATUS_UPDATED: _UpsertStatus.ValueType  # 2
     UPSERT_STATUS_UNCHANGED: _UpsertStatus.ValueType  # 3
+    UPSERT_STATUS_FAILED: _UpsertStatus.ValueType  # 4
+    """Set by the gateway for a document it could not ingest; never by Upsert."""
 
 class UpsertStatus(_UpsertStatus, metaclass=_UpsertStatusEnumTypeWrapper): ...
 
@@ -38,7 +41,32 @@ UPSERT_STATUS_UNSPECIFIED: UpsertStatus.ValueType  # 0
 UPSERT_STATUS_CREATED: UpsertStatus.ValueType  # 1
 UPSERT_STATUS_UPDATED: UpsertStatus.ValueType  # 2
 UPSERT_STATUS_UNCHANGED: UpsertStatus.ValueType  # 3
+UPSERT_STATUS_FAILED: UpsertStatus.ValueType  # 4
+"""Set by the gateway for a document it could not ingest; never by Upsert."""
 Global___UpsertStatus: _TypeAlias = UpsertStatus  # noqa: Y015
+
+class _DocumentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DocumentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DocumentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DOCUMENT_STATE_UNSPECIFIED: _DocumentState.ValueType  # 0
+    """In a filter: every document."""
+    DOCUMENT_STATE_INDEXED: _DocumentState.ValueType  # 1
+    """Stored and searchable."""
+    DOCUMENT_STATE_FAILED: _DocumentState.ValueType  # 2
+    """Its last ingestion failed (an older version may still be stored)."""
+
+class DocumentState(_DocumentState, metaclass=_DocumentStateEnumTypeWrapper): ...
+
+DOCUMENT_STATE_UNSPECIFIED: DocumentState.ValueType  # 0
+"""In a filter: every document."""
+DOCUMENT_STATE_INDEXED: DocumentState.ValueType  # 1
+"""Stored and searchable."""
+DOCUMENT_STATE_FAILED: DocumentState.ValueType  # 2
+"""Its last ingestion failed (an older version may still be stored)."""
+Global___DocumentState: _TypeAlias = DocumentState  # noqa: Y015
 
 @_typing.final
 class ChunkRecord(_message.Message):
@@ -49,6 +77,7 @@ class ChunkRecord(_message.Message):
     EMBEDDING_FIELD_NUMBER: _builtins.int
     START_CHAR_FIELD_NUMBER: _builtins.int
     END_CHAR_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position of the chunk in its document, from 0."""
     text: _builtins.str
@@ -58,6 +87,12 @@ class ChunkRecord(_message.Message):
     def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Must have the retriever's configured dimension."""
 
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """1-based pages of the source file the chunk spans, in order; empty when the
+        source has no pages (plain text, HTML).
+        """
+
     def __init__(
         self,
         *,
@@ -66,10 +101,11 @@ class ChunkRecord(_message.Message):
         embedding: _abc.Iterable[_builtins.float] | None = ...,
         start_char: _builtins.int = ...,
         end_char: _builtins.int = ...,
+        pages: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "end_char", b"end_char", "index", b"index", "start_char", b"start_char", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding", b"embedding", "end_char", b"end_char", "index", b"index", "pages", b"pages", "start_char", b"start_char", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +366,7 @@ class SearchHit(_message.Message):
     DENSE_FIELD_NUMBER: _builtins.int
     KEYWORD_FIELD_NUMBER: _builtins.int
     RERANK_SCORE_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
     document_id: _builtins.str
     chunk_index: _builtins.int
     text: _builtins.str
@@ -345,6 +382,10 @@ class SearchHit(_message.Message):
 
     @_builtins.property
     def keyword(self) -> Global___LegScore: ...
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The chunk's pages in its source file (ChunkRecord.pages)."""
+
     def __init__(
         self,
         *,
@@ -357,10 +398,11 @@ class SearchHit(_message.Message):
         dense: Global___LegScore | None = ...,
         keyword: Global___LegScore | None = ...,
         rerank_score: _builtins.float | None = ...,
+        pages: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score", "dense", b"dense", "keyword", b"keyword", "metadata", b"metadata", "rerank_score", b"rerank_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score", "chunk_index", b"chunk_index", "dense", b"dense", "document_id", b"document_id", "keyword", b"keyword", "metadata", b"metadata", "rerank_score", b"rerank_score", "score", b"score", "text", b"text", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score", "chunk_index", b"chunk_index", "dense", b"dense", "document_id", b"document_id", "keyword", b"keyword", "metadata", b"metadata", "pages", b"pages", "rerank_score", b"rerank_score", "score", b"score", "text", b"text", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__rerank_score: _TypeAlias = _typing.Literal["rerank_score"]  # noqa: Y015
     _WhichOneofArgType__rerank_score: _TypeAlias = _typing.Literal["_rerank_score", b"_rerank_score"]  # noqa: Y015
@@ -472,3 +514,226 @@ class GetDocumentHashesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDocumentHashesResponse: _TypeAlias = GetDocumentHashesResponse  # noqa: Y015
+
+@_typing.final
+class GetIndexVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndexVersionRequest: _TypeAlias = GetIndexVersionRequest  # noqa: Y015
+
+@_typing.final
+class GetIndexVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """0 for a namespace never written to."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIndexVersionResponse: _TypeAlias = GetIndexVersionResponse  # noqa: Y015
+
+@_typing.final
+class ListDocumentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    state: Global___DocumentState.ValueType
+    page_size: _builtins.int
+    """1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """From the previous page's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        state: Global___DocumentState.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDocumentsRequest: _TypeAlias = ListDocumentsRequest  # noqa: Y015
+
+@_typing.final
+class DocumentFailure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    @_builtins.property
+    def failed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        failed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failed_at", b"failed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_at", b"failed_at", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentFailure: _TypeAlias = DocumentFailure  # noqa: Y015
+
+@_typing.final
+class DocumentInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    title: _builtins.str
+    chunk_count: _builtins.int
+    """0 when the document is not stored (only failed)."""
+    content_hash: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the stored version was written; unset when not stored."""
+
+    @_builtins.property
+    def failure(self) -> Global___DocumentFailure:
+        """Set when the document's last ingestion failed."""
+
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        chunk_count: _builtins.int = ...,
+        content_hash: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        failure: Global___DocumentFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "content_hash", b"content_hash", "document_id", b"document_id", "failure", b"failure", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DocumentInfo: _TypeAlias = DocumentInfo  # noqa: Y015
+
+@_typing.final
+class ListDocumentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentInfo]:
+        """Ordered by document id."""
+
+    def __init__(
+        self,
+        *,
+        documents: _abc.Iterable[Global___DocumentInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDocumentsResponse: _TypeAlias = ListDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class FailedDocument(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    title: _builtins.str
+    reason: _builtins.str
+    """Shown to whoever lists failed documents: what went wrong, no secrets."""
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_id", b"document_id", "reason", b"reason", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailedDocument: _TypeAlias = FailedDocument  # noqa: Y015
+
+@_typing.final
+class RecordFailuresRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailedDocument]: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        documents: _abc.Iterable[Global___FailedDocument] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFailuresRequest: _TypeAlias = RecordFailuresRequest  # noqa: Y015
+
+@_typing.final
+class RecordFailuresResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFailuresResponse: _TypeAlias = RecordFailuresResponse  # noqa: Y015

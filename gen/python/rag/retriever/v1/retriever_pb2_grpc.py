@@ -56,6 +56,21 @@ class RetrieverServiceStub:
                 request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesRequest.SerializeToString,
                 response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesResponse.FromString,
                 _registered_method=True)
+        self.GetIndexVersion = channel.unary_unary(
+                '/rag.retriever.v1.RetrieverService/GetIndexVersion',
+                request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionRequest.SerializeToString,
+                response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/rag.retriever.v1.RetrieverService/ListDocuments',
+                request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.RecordFailures = channel.unary_unary(
+                '/rag.retriever.v1.RetrieverService/RecordFailures',
+                request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.SerializeToString,
+                response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -93,6 +108,30 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetIndexVersion(self, request, context):
+        """The namespace's index version: it grows with every upsert that changes a
+        document and every delete that removes one, so anything derived from the
+        index (a cached answer) can tell whether it is still current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists a namespace's documents, stored and/or failed, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFailures(self, request, context):
+        """Records documents whose ingestion failed, with the reason; a later
+        successful upsert or a delete of the document clears its record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +154,21 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.GetDocumentHashes,
                     request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesRequest.FromString,
                     response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesResponse.SerializeToString,
+            ),
+            'GetIndexVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIndexVersion,
+                    request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionRequest.FromString,
+                    response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'RecordFailures': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFailures,
+                    request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.FromString,
+                    response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +281,87 @@ class RetrieverService:
             '/rag.retriever.v1.RetrieverService/GetDocumentHashes',
             rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesRequest.SerializeToString,
             rag_dot_retriever_dot_v1_dot_retriever__pb2.GetDocumentHashesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIndexVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.retriever.v1.RetrieverService/GetIndexVersion',
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionRequest.SerializeToString,
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.GetIndexVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.retriever.v1.RetrieverService/ListDocuments',
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsRequest.SerializeToString,
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFailures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.retriever.v1.RetrieverService/RecordFailures',
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.SerializeToString,
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

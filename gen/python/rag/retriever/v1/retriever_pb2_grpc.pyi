@@ -47,6 +47,17 @@ class RetrieverServiceStub:
     """Reports the stored content hash of documents, so a caller can skip
     re-embedding documents that did not change.
     """
+    GetIndexVersion: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.GetIndexVersionRequest, _retriever_pb2.GetIndexVersionResponse]
+    """The namespace's index version: it grows with every upsert that changes a
+    document and every delete that removes one, so anything derived from the
+    index (a cached answer) can tell whether it is still current.
+    """
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.ListDocumentsRequest, _retriever_pb2.ListDocumentsResponse]
+    """Lists a namespace's documents, stored and/or failed, a page at a time."""
+    RecordFailures: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.RecordFailuresRequest, _retriever_pb2.RecordFailuresResponse]
+    """Records documents whose ingestion failed, with the reason; a later
+    successful upsert or a delete of the document clears its record.
+    """
 
 @_typing.type_check_only
 class RetrieverServiceAsyncStub(RetrieverServiceStub):
@@ -66,6 +77,17 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     GetDocumentHashes: _aio.UnaryUnaryMultiCallable[_retriever_pb2.GetDocumentHashesRequest, _retriever_pb2.GetDocumentHashesResponse]  # type: ignore[assignment]
     """Reports the stored content hash of documents, so a caller can skip
     re-embedding documents that did not change.
+    """
+    GetIndexVersion: _aio.UnaryUnaryMultiCallable[_retriever_pb2.GetIndexVersionRequest, _retriever_pb2.GetIndexVersionResponse]  # type: ignore[assignment]
+    """The namespace's index version: it grows with every upsert that changes a
+    document and every delete that removes one, so anything derived from the
+    index (a cached answer) can tell whether it is still current.
+    """
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_retriever_pb2.ListDocumentsRequest, _retriever_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists a namespace's documents, stored and/or failed, a page at a time."""
+    RecordFailures: _aio.UnaryUnaryMultiCallable[_retriever_pb2.RecordFailuresRequest, _retriever_pb2.RecordFailuresResponse]  # type: ignore[assignment]
+    """Records documents whose ingestion failed, with the reason; a later
+    successful upsert or a delete of the document clears its record.
     """
 
 class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +129,35 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_retriever_pb2.GetDocumentHashesResponse, _abc.Awaitable[_retriever_pb2.GetDocumentHashesResponse]]:
         """Reports the stored content hash of documents, so a caller can skip
         re-embedding documents that did not change.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIndexVersion(
+        self,
+        request: _retriever_pb2.GetIndexVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.GetIndexVersionResponse, _abc.Awaitable[_retriever_pb2.GetIndexVersionResponse]]:
+        """The namespace's index version: it grows with every upsert that changes a
+        document and every delete that removes one, so anything derived from the
+        index (a cached answer) can tell whether it is still current.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _retriever_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.ListDocumentsResponse, _abc.Awaitable[_retriever_pb2.ListDocumentsResponse]]:
+        """Lists a namespace's documents, stored and/or failed, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def RecordFailures(
+        self,
+        request: _retriever_pb2.RecordFailuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.RecordFailuresResponse, _abc.Awaitable[_retriever_pb2.RecordFailuresResponse]]:
+        """Records documents whose ingestion failed, with the reason; a later
+        successful upsert or a delete of the document clears its record.
         """
 
 def add_RetrieverServiceServicer_to_server(servicer: RetrieverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
