@@ -3,6 +3,10 @@
 Each check names the field and what is accepted. The services downstream
 validate again; this layer only makes sure the common mistakes are caught
 before any work is spent on them.
+
+A document sent as a file is an exception: what is wrong with a file (corrupt,
+encrypted, no text) shows only once it is read, so it fails that document
+alone (IncomingDocument.error), not the request.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from gateway import formats
 from gateway.config import GatewaySettings
 from rag.gateway.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
@@ -30,17 +35,35 @@ class IncomingDocument:
     title: str
     text: str
     metadata: dict[str, Any]
+    # Character offset in text where each page of the source file begins, page 1
+    # first; empty unless the document came as a paged file (PDF). Each chunk's
+    # ChunkRecord.pages is chunk_pages(start_char, end_char).
+    page_starts: tuple[int, ...] = ()
+    # Why the document could not be read, when it came as a file that cannot be
+    # (corrupt, encrypted, no text, unknown type, text too long); text is then
+    # empty. Such a document must not be hashed, chunked or stored: the pipeline
+    # reports it as UPSERT_STATUS_FAILED with this as DocumentResult.error, and
+    # the request's other documents go on.
+    error: str | None = None
 
     def content_hash(self, fingerprint: str) -> str:
         """Changes whenever anything that shapes the stored chunks changes.
 
         fingerprint covers what is outside the document: the embedding model
-        and the chunking settings.
+        and the chunking settings. A file is hashed by its extracted text and
+        pages, not its bytes: the same file sent again is unchanged, and a
+        parser upgrade that reads it better re-ingests it.
         """
-        canonical = json.dumps(
-            [fingerprint, self.title, self.text, self.metadata], sort_keys=True, ensure_ascii=False
-        )
+        shape: list[Any] = [fingerprint, self.title, self.text, self.metadata]
+        if self.page_starts:
+            # Only when there are pages, so the hashes of text documents stay as they were.
+            shape.append(list(self.page_starts))
+        canonical = json.dumps(shape, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def chunk_pages(self, start_char: int, end_char: int) -> list[int]:
+        """The 1-based pages of the source file a chunk [start_char, end_char) spans; [] without pages."""
+        return formats.pages_of(self.page_starts, start_char, end_char)
 
 
 def top_k(options: gateway_pb2.RetrievalOptions, settings: GatewaySettings, field: str) -> int:
@@ -79,13 +102,44 @@ def _document(proto: gateway_pb2.Document, field: str, settings: GatewaySettings
         raise InvalidArgument(
             f"{field}.title must be at most {MAX_TITLE_CHARS} characters", field=f"{field}.title"
         )
+    metadata = json_format.MessageToDict(proto.metadata) if proto.HasField("metadata") else {}
+    if proto.WhichOneof("body") == "file":
+        return _file_document(proto, metadata, settings.max_document_bytes)
     text = _body(proto, field, settings.max_document_bytes)
     if not text.strip():
         raise InvalidArgument(
-            f"{field} (id {proto.id!r}) has no text; send a non-blank text or utf8_content", field=field
+            f"{field} (id {proto.id!r}) has no text; send a non-blank text, utf8_content or file", field=field
         )
-    metadata = json_format.MessageToDict(proto.metadata) if proto.HasField("metadata") else {}
     return IncomingDocument(id=proto.id, title=proto.title, text=text, metadata=metadata)
+
+
+def _file_document(proto: gateway_pb2.Document, metadata: dict[str, Any], max_bytes: int) -> IncomingDocument:
+    """The file's text and pages, or a document that failed with the reason.
+
+    The text limit applies to the extracted text, which is what gets chunked;
+    the file's own size is bounded by the gRPC message limit.
+    """
+    file = proto.file
+    try:
+        extracted = formats.extract(file.content, file.content_type, file.filename)
+    except formats.ExtractionError as error:
+        return _failed(proto, metadata, str(error))
+    if not extracted.text.strip():
+        return _failed(proto, metadata, "no text found in the file")
+    size = len(extracted.text.encode())
+    if size > max_bytes:
+        return _failed(
+            proto, metadata, f"its text is {size} bytes; documents of at most {max_bytes} bytes are accepted"
+        )
+    # The caller's title wins; a file's own title can be anything, so it is cut rather than refused.
+    title = proto.title or extracted.title[:MAX_TITLE_CHARS] or file.filename[:MAX_TITLE_CHARS]
+    return IncomingDocument(
+        id=proto.id, title=title, text=extracted.text, metadata=metadata, page_starts=extracted.page_starts
+    )
+
+
+def _failed(proto: gateway_pb2.Document, metadata: dict[str, Any], reason: str) -> IncomingDocument:
+    return IncomingDocument(id=proto.id, title=proto.title, text="", metadata=metadata, error=reason)
 
 
 def _body(proto: gateway_pb2.Document, field: str, max_bytes: int) -> str:

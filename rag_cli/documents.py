@@ -1,7 +1,12 @@
-"""Turns files and folders of .txt/.md into gateway Documents."""
+"""Turns files and folders of text, Markdown, PDF and HTML into gateway Documents.
+
+Text and Markdown are sent as UTF-8 text; PDF and HTML as files, which the
+gateway parses, so every client gets the same extraction.
+"""
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -9,14 +14,16 @@ from google.protobuf import struct_pb2
 
 from rag.gateway.v1 import gateway_pb2
 
-SUFFIXES = {".txt", ".md", ".markdown"}
+TEXT_SUFFIXES = {".txt", ".md", ".markdown"}
+FILE_SUFFIXES = {".pdf", ".html", ".htm"}
+SUFFIXES = TEXT_SUFFIXES | FILE_SUFFIXES
 
 
 def find_files(paths: Iterable[Path]) -> list[tuple[Path, Path]]:
-    """(file, root it was found under) for every .txt/.md file, in a stable order.
+    """(file, root it was found under) for every file of SUFFIXES, in a stable order.
 
     Raises FileNotFoundError for a path that does not exist, and ValueError for
-    a file given by name that is not .txt or .md.
+    a file given by name of another kind.
     """
     found: list[tuple[Path, Path]] = []
     for path in paths:
@@ -38,11 +45,14 @@ def to_document(file: Path, root: Path) -> gateway_pb2.Document:
     content = file.read_bytes()
     metadata = struct_pb2.Struct()
     metadata.update({"source": str(file), "format": file.suffix.lower().lstrip(".")})
+    document_id = file.relative_to(root).as_posix()
+    if file.suffix.lower() in FILE_SUFFIXES:
+        # No title: the gateway takes the file's own (PDF metadata, HTML <title>), else its name.
+        content_type = mimetypes.guess_type(file.name)[0] or ""
+        body = gateway_pb2.File(content=content, content_type=content_type, filename=file.name)
+        return gateway_pb2.Document(id=document_id, file=body, metadata=metadata)
     return gateway_pb2.Document(
-        id=file.relative_to(root).as_posix(),
-        title=_title(content, file),
-        utf8_content=content,
-        metadata=metadata,
+        id=document_id, title=_title(content, file), utf8_content=content, metadata=metadata
     )
 
 
