@@ -122,7 +122,7 @@ fused AS (
 )"""
 
 _HITS_SQL = """
-SELECT c.document_id, c.chunk_index, c.text, c.metadata, d.title,
+SELECT c.document_id, c.chunk_index, c.text, c.pages, c.metadata, d.title,
        f.score, f.dense_rank, f.dense_score, f.keyword_rank, f.keyword_score
 FROM fused f
 JOIN rag_chunks c ON c.id = f.id

@@ -79,7 +79,9 @@ def require_query_text(text: str | None, mode: str, field: str = "query_text") -
 # config, $4 title, $5 chunks added minus chunks removed, $6 the keyword length
 # of the version replaced (0 for a new document). The statistics row is the
 # one every writer of the namespace updates, so it comes last in the
-# transaction: the row lock is held only until commit.
+# transaction: the row lock is held only until commit. The same update bumps
+# the namespace's index version: the lock orders the bumps as the commits, so
+# no two writes share a version and a version seen means its write is visible.
 INDEX_DOCUMENT_SQL = """
 WITH postings AS (
     INSERT INTO rag_postings (chunk_id, namespace, lexeme, tf, chunk_length)
@@ -98,27 +100,50 @@ document AS (
     FROM indexed i
     WHERE d.namespace = $1 AND d.document_id = $2
 )
-INSERT INTO rag_keyword_stats AS s (namespace, chunks, total_length)
-SELECT $1, $5, i.length - $6 FROM indexed i
+INSERT INTO rag_keyword_stats AS s (namespace, chunks, total_length, version)
+SELECT $1, $5, i.length - $6, 1 FROM indexed i
 ON CONFLICT (namespace) DO UPDATE
-SET chunks = s.chunks + excluded.chunks, total_length = s.total_length + excluded.total_length
+SET chunks = s.chunks + excluded.chunks,
+    total_length = s.total_length + excluded.total_length,
+    version = s.version + 1
 """
 
-# Deletes documents (their chunks and postings go by cascade) and takes them
-# out of the namespace's statistics. {selection} is SQL from our code.
+# Deletes documents (their chunks and postings go by cascade), clears their
+# failure records and those of the ids in $2 (stored or not), and takes them
+# out of the namespace's statistics, bumping its index version when a stored
+# document went. {selection} is SQL from our code.
+#
+# Rows are locked in the order every writer takes them, so none can deadlock
+# another: documents, then failure records in document id order (as
+# RecordFailures writes them), then the statistics row. `totals` counts the
+# cleared failures only so that `stats`, which reads it, runs after them:
+# PostgreSQL otherwise finishes unreferenced CTEs last, in an order of its own.
 DELETE_DOCUMENTS_SQL = """
 WITH deleted AS (
     DELETE FROM rag_documents d WHERE d.namespace = $1 AND ({selection})
-    RETURNING d.chunk_count, d.keyword_length
+    RETURNING d.document_id, d.chunk_count, d.keyword_length
+),
+failures AS (
+    DELETE FROM rag_document_failures f
+    WHERE f.namespace = $1 AND f.document_id IN (
+        SELECT l.document_id FROM rag_document_failures l
+        WHERE l.namespace = $1
+          AND (l.document_id = ANY ($2::text[]) OR l.document_id IN (SELECT document_id FROM deleted))
+        ORDER BY l.document_id
+        FOR UPDATE
+    )
+    RETURNING 1
 ),
 totals AS (
     SELECT count(*) AS documents,
            coalesce(sum(chunk_count), 0) AS chunks,
-           coalesce(sum(keyword_length), 0) AS length
+           coalesce(sum(keyword_length), 0) AS length,
+           (SELECT count(*) FROM failures) AS failures
     FROM deleted
 ),
 stats AS (
-    UPDATE rag_keyword_stats s SET chunks = s.chunks - t.chunks, total_length = s.total_length - t.length
+    UPDATE rag_keyword_stats s
+    SET chunks = s.chunks - t.chunks, total_length = s.total_length - t.length, version = s.version + 1
     FROM totals t
     WHERE s.namespace = $1 AND t.documents > 0
 )

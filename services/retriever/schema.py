@@ -193,9 +193,41 @@ async def _index_stored_chunks(conn: asyncpg.Connection, text_search_config: str
     )
 
 
+# A chunk's pages in its source file; '{}' for chunks stored before pages were
+# kept, as for sources without pages. A constant default adds the column
+# without rewriting the table.
+_ADD_CHUNK_PAGES = "ALTER TABLE rag_chunks ADD COLUMN pages int[] NOT NULL DEFAULT '{}'"
+
+# The index version lives on the namespace's statistics row because every
+# write that changes what a search can find already updates that row, last in
+# its transaction: the bump costs no extra statement or lock, and the row lock
+# held until commit orders the bumps as the commits. Namespaces written before
+# versions were kept start at 1, so they do not look never written (0).
+_ADD_INDEX_VERSION = """
+ALTER TABLE rag_keyword_stats ADD COLUMN version bigint NOT NULL DEFAULT 0;
+UPDATE rag_keyword_stats SET version = 1;
+"""
+
+# Documents whose last ingestion failed. Not tied to rag_documents: a document
+# that never ingested has a failure and no stored version, and one that failed
+# to re-ingest keeps its older stored version alongside the failure.
+_CREATE_DOCUMENT_FAILURES = """
+CREATE TABLE rag_document_failures (
+    namespace   text        NOT NULL,
+    document_id text        NOT NULL,
+    title       text        NOT NULL DEFAULT '',
+    reason      text        NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, document_id)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
     Migration(2, "BM25 keyword index: postings and per-namespace statistics", _create_keyword_index),
+    Migration(3, "chunk pages", _ADD_CHUNK_PAGES),
+    Migration(4, "per-namespace index version", _ADD_INDEX_VERSION),
+    Migration(5, "failure records of documents that could not be ingested", _CREATE_DOCUMENT_FAILURES),
 )
 
 

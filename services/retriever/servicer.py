@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +25,17 @@ from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode
 from services.retriever.rerank import Reranker
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput, Hit, LegScore, UpsertStatus
+from services.retriever.store import (
+    ChunkInput,
+    ChunkStore,
+    DocumentInfo,
+    DocumentInput,
+    DocumentState,
+    FailureInput,
+    Hit,
+    LegScore,
+    UpsertStatus,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -31,6 +44,9 @@ MAX_DOCUMENTS_PER_UPSERT = 256
 MAX_CHUNKS_PER_DOCUMENT = 50_000
 MAX_DOCUMENT_ID_CHARS = 256
 MAX_IDS_PER_CALL = 10_000
+MAX_FAILURES_PER_CALL = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 # UNSPECIFIED means the server's default: hybrid.
 _MODES = {
@@ -44,6 +60,21 @@ _MODE_PROTOS = {
     SearchMode.KEYWORD: common_pb2.SEARCH_MODE_KEYWORD,
     SearchMode.HYBRID: common_pb2.SEARCH_MODE_HYBRID,
 }
+
+# UNSPECIFIED lists every document.
+_STATES = {
+    retriever_pb2.DOCUMENT_STATE_UNSPECIFIED: DocumentState.ALL,
+    retriever_pb2.DOCUMENT_STATE_INDEXED: DocumentState.INDEXED,
+    retriever_pb2.DOCUMENT_STATE_FAILED: DocumentState.FAILED,
+}
+
+# A page token is the last listed id in unpadded URL-safe base64: opaque to
+# callers, safe in a URL, and all the keyset needs to resume.
+_PAGE_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+_BAD_PAGE_TOKEN = (
+    "page_token is not one this service issued; pass the previous page's next_page_token, "
+    "or leave it empty for the first page"
+)
 
 _STATUSES = {
     UpsertStatus.CREATED: retriever_pb2.UPSERT_STATUS_CREATED,
@@ -183,6 +214,41 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             ]
         )
 
+    async def GetIndexVersion(
+        self, request: retriever_pb2.GetIndexVersionRequest, context: Context
+    ) -> retriever_pb2.GetIndexVersionResponse:
+        require_namespace(request.namespace)
+        version = await self._store.value.index_version(request.namespace)
+        return retriever_pb2.GetIndexVersionResponse(version=version)
+
+    async def ListDocuments(
+        self, request: retriever_pb2.ListDocumentsRequest, context: Context
+    ) -> retriever_pb2.ListDocumentsResponse:
+        require_namespace(request.namespace)
+        state = _document_state(request.state)
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        require_range(page_size, "page_size", 1, MAX_PAGE_SIZE)
+        after = _page_token_id(request.page_token)
+        page = await self._store.value.list_documents(
+            request.namespace, state=state, page_size=page_size, after=after
+        )
+        return retriever_pb2.ListDocumentsResponse(
+            documents=[_document_info(d) for d in page.documents],
+            next_page_token="" if page.next_after is None else _page_token(page.next_after),
+        )
+
+    async def RecordFailures(
+        self, request: retriever_pb2.RecordFailuresRequest, context: Context
+    ) -> retriever_pb2.RecordFailuresResponse:
+        require_namespace(request.namespace)
+        require_range(len(request.documents), "documents (count)", 1, MAX_FAILURES_PER_CALL)
+        for i, failed in enumerate(request.documents):
+            _check_id(failed.document_id, f"documents[{i}].document_id")
+        await self._store.value.record_failures(
+            request.namespace, [FailureInput(d.document_id, d.title, d.reason) for d in request.documents]
+        )
+        return retriever_pb2.RecordFailuresResponse()
+
 
 def _search_mode(value: common_pb2.SearchMode.ValueType) -> SearchMode:
     # Proto3 enums are open: an unknown number arrives as itself.
@@ -204,14 +270,44 @@ def _fusion(proto: common_pb2.FusionParams, defaults: Fusion) -> Fusion:
     )
 
 
+def _document_state(value: retriever_pb2.DocumentState.ValueType) -> DocumentState:
+    if value not in _STATES:
+        accepted = ", ".join(retriever_pb2.DocumentState.Name(s) for s in _STATES)
+        raise InvalidArgument(f"state must be one of {accepted}; got {value}", field="state")
+    return _STATES[value]
+
+
+def _page_token(document_id: str) -> str:
+    return base64.urlsafe_b64encode(document_id.encode()).decode().rstrip("=")
+
+
+def _page_token_id(token: str) -> str:
+    """The id a page token resumes after; "" (the start) for no token."""
+    if not token:
+        return ""
+    if not _PAGE_TOKEN_PATTERN.fullmatch(token):
+        raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token")
+    try:
+        document_id = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token") from None
+    # Only a document id can have been the last of a page.
+    if not document_id.strip() or len(document_id) > MAX_DOCUMENT_ID_CHARS or "\x00" in document_id:
+        raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token")
+    return document_id
+
+
 def _check_ids(ids: Sequence[str]) -> None:
     require_range(len(ids), "document_ids (count)", 0, MAX_IDS_PER_CALL)
     for index, document_id in enumerate(ids):
-        if not document_id.strip() or len(document_id) > MAX_DOCUMENT_ID_CHARS:
-            raise InvalidArgument(
-                f"document_ids[{index}] must be 1..{MAX_DOCUMENT_ID_CHARS} characters and not blank",
-                field=f"document_ids[{index}]",
-            )
+        _check_id(document_id, f"document_ids[{index}]")
+
+
+def _check_id(document_id: str, field: str) -> None:
+    if not document_id.strip() or len(document_id) > MAX_DOCUMENT_ID_CHARS:
+        raise InvalidArgument(
+            f"{field} must be 1..{MAX_DOCUMENT_ID_CHARS} characters and not blank", field=field
+        )
 
 
 def _embedding(values: Sequence[float], dimension: int, field: str) -> list[float]:
@@ -226,11 +322,7 @@ def _embedding(values: Sequence[float], dimension: int, field: str) -> list[floa
 
 
 def _document(proto: retriever_pb2.DocumentRecord, field: str, dimension: int) -> DocumentInput:
-    if not proto.document_id.strip() or len(proto.document_id) > MAX_DOCUMENT_ID_CHARS:
-        raise InvalidArgument(
-            f"{field}.document_id must be 1..{MAX_DOCUMENT_ID_CHARS} characters and not blank",
-            field=f"{field}.document_id",
-        )
+    _check_id(proto.document_id, f"{field}.document_id")
     if not proto.content_hash:
         raise InvalidArgument(f"{field}.content_hash must be set", field=f"{field}.content_hash")
     require_range(len(proto.chunks), f"{field}.chunks (count)", 1, MAX_CHUNKS_PER_DOCUMENT)
@@ -241,6 +333,7 @@ def _document(proto: retriever_pb2.DocumentRecord, field: str, dimension: int) -
             embedding=_embedding(chunk.embedding, dimension, f"{field}.chunks[{i}].embedding"),
             start_char=chunk.start_char,
             end_char=chunk.end_char,
+            pages=list(chunk.pages),
         )
         for i, chunk in enumerate(proto.chunks)
     ]
@@ -270,4 +363,20 @@ def _hit(hit: Hit) -> retriever_pb2.SearchHit:
         dense=_leg(hit.dense),
         keyword=_leg(hit.keyword),
         rerank_score=hit.rerank_score,
+        pages=hit.pages,
     )
+
+
+def _document_info(info: DocumentInfo) -> retriever_pb2.DocumentInfo:
+    proto = retriever_pb2.DocumentInfo(
+        document_id=info.document_id,
+        title=info.title,
+        chunk_count=info.chunk_count,
+        content_hash=info.content_hash,
+    )
+    if info.updated_at is not None:
+        proto.updated_at.FromDatetime(info.updated_at)
+    if info.failure is not None:
+        proto.failure.reason = info.failure.reason
+        proto.failure.failed_at.FromDatetime(info.failure.failed_at)
+    return proto

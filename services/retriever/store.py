@@ -7,15 +7,22 @@ that cannot be reached surfaces as Unavailable.
 
 Searches run dense (HNSW, cosine), keyword (BM25, see keyword.py) or hybrid
 (both, fused by reciprocal rank fusion, see hybrid.py), each as one statement.
+
+Each namespace has an index version, bumped by every write that changes what a
+search can find, in that write's transaction (see keyword.py), and failure
+records of documents whose ingestion failed, cleared by the document's next
+successful upsert or its delete.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import operator
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -41,6 +48,8 @@ MAX_TOP_K = 100
 MAX_EF_SEARCH = 1000
 MAX_DOCUMENT_ID_CHARS = 512
 MAX_CONTENT_HASH_CHARS = 256
+MAX_FAILURE_REASON_CHARS = 2000
+MAX_PAGE_SIZE = 1000
 _INT32_MAX = 2**31 - 1
 
 Embedding: TypeAlias = Sequence[float] | npt.NDArray[np.floating[Any]]
@@ -54,6 +63,8 @@ class ChunkInput:
     embedding: Embedding
     start_char: int
     end_char: int
+    # 1-based pages of the source file the chunk spans, increasing; empty when the source has none.
+    pages: Sequence[int] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,7 @@ class Hit:
     score: float
     dense: LegScore | None
     keyword: LegScore | None
+    pages: tuple[int, ...]
     # Set when the cross-encoder reordered the hits; score then equals it.
     rerank_score: float | None = None
 
@@ -106,6 +118,50 @@ class StoredDocument:
     document_id: str
     content_hash: str
     chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInput:
+    """A document whose ingestion failed, and why: shown to whoever lists failed documents."""
+
+    document_id: str
+    title: str
+    reason: str
+
+
+class DocumentState(enum.Enum):
+    """Which documents a listing shows."""
+
+    ALL = "all"
+    # Stored, searchable.
+    INDEXED = "indexed"
+    # With a failure record (an older version may still be stored).
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFailure:
+    reason: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    document_id: str
+    # The stored title, else the one the failure was recorded with.
+    title: str
+    # 0, "" and None when the document is not stored, only failed.
+    chunk_count: int
+    content_hash: str
+    updated_at: datetime | None
+    failure: DocumentFailure | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    documents: list[DocumentInfo]
+    # The last document id of this page when more follow, to pass as `after`; None on the last page.
+    next_after: str | None
 
 
 # Errors meaning the database is out of reach rather than the request wrong.
@@ -137,6 +193,50 @@ SET content_hash = $3, title = $4, metadata = $5, chunk_count = $6, updated_at =
 WHERE namespace = $1 AND document_id = $2
 """
 
+# A successful upsert or a delete of the document settles its last failure.
+_CLEAR_FAILURE_SQL = "DELETE FROM rag_document_failures WHERE namespace = $1 AND document_id = $2"
+
+# One statement for the whole batch. Rows are written, and so locked, in
+# document id order under the database's collation, as Delete locks them
+# (keyword.py), so the two cannot deadlock. now() is the transaction's start.
+_RECORD_FAILURES_SQL = """
+INSERT INTO rag_document_failures AS f (namespace, document_id, title, reason, failed_at)
+SELECT $1, u.document_id, u.title, u.reason, now()
+FROM unnest($2::text[], $3::text[], $4::text[]) AS u (document_id, title, reason)
+ORDER BY u.document_id
+ON CONFLICT (namespace, document_id) DO UPDATE
+SET title = excluded.title, reason = excluded.reason, failed_at = excluded.failed_at
+"""
+
+# Keyset pagination: $2 is the last id of the previous page ('' sorts before
+# any id), $3 the page size plus one, to tell whether another page follows.
+# Ids sort by the database's collation, the order of the primary keys' indexes,
+# so each page reads one index range and never skips rows the way OFFSET would.
+_LIST_COLUMNS = """
+SELECT document_id, coalesce(d.title, f.title) AS title, coalesce(d.chunk_count, 0) AS chunk_count,
+       coalesce(d.content_hash, '') AS content_hash, d.updated_at, f.reason, f.failed_at
+FROM """
+
+# Every id that is stored or failed. Each side reads at most its first $3 ids:
+# an id among the first $3 of the union is among the first $3 of each side
+# that holds it.
+_LIST_SOURCES = {
+    DocumentState.ALL: """(
+    SELECT document_id, title, chunk_count, content_hash, updated_at FROM rag_documents
+    WHERE namespace = $1 AND document_id > $2 ORDER BY document_id LIMIT $3
+) d FULL JOIN (
+    SELECT document_id, title, reason, failed_at FROM rag_document_failures
+    WHERE namespace = $1 AND document_id > $2 ORDER BY document_id LIMIT $3
+) f USING (document_id)
+ORDER BY document_id""",
+    DocumentState.INDEXED: """rag_documents d LEFT JOIN rag_document_failures f USING (namespace, document_id)
+WHERE d.namespace = $1 AND d.document_id > $2
+ORDER BY d.document_id""",
+    DocumentState.FAILED: """rag_document_failures f LEFT JOIN rag_documents d USING (namespace, document_id)
+WHERE f.namespace = $1 AND f.document_id > $2
+ORDER BY f.document_id""",
+}
+
 _CHUNK_COLUMNS = (
     "namespace",
     "document_id",
@@ -144,10 +244,14 @@ _CHUNK_COLUMNS = (
     "text",
     "start_char",
     "end_char",
+    "pages",
     "metadata",
     "content_hash",
     "embedding",
 )
+
+# index, text, start_char, end_char, pages, embedding: validated, in _CHUNK_COLUMNS' order.
+_PreparedChunk: TypeAlias = tuple[int, str, int, int, list[int], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +262,7 @@ class _PreparedDocument:
     content_hash: str
     title: str
     metadata: dict[str, Any]
-    chunks: list[tuple[int, str, int, int, npt.NDArray[np.float32]]]
+    chunks: list[_PreparedChunk]
 
 
 class ChunkStore:
@@ -289,8 +393,10 @@ class ChunkStore:
     ) -> tuple[int, int]:
         """Delete the listed documents and those whose metadata match `filter`.
 
-        Returns (documents, chunks) deleted. With neither ids nor filter,
-        InvalidArgument: an empty selection is more likely a bug than a wish.
+        Returns (documents, chunks) deleted. The failure records of the listed
+        ids (stored or not) and of the documents deleted go too. With neither
+        ids nor filter, InvalidArgument: an empty selection is more likely a
+        bug than a wish.
         """
         require_namespace(namespace)
         if not document_ids and filter is None:
@@ -390,6 +496,63 @@ class ChunkStore:
         """Stored content hash by document id; ids not stored are absent."""
         return {d.document_id: d.content_hash for d in await self.stored_documents(namespace, document_ids)}
 
+    async def index_version(self, namespace: str) -> int:
+        """The namespace's index version; 0 if it was never written.
+
+        One more for every upsert that created or updated a document and every
+        delete that removed one, committed in the same transaction.
+        """
+        require_namespace(namespace)
+        async with self._connection() as conn:
+            version = await conn.fetchval(
+                "SELECT version FROM rag_keyword_stats WHERE namespace = $1", namespace
+            )
+        return 0 if version is None else int(version)
+
+    async def record_failures(self, namespace: str, failures: Sequence[FailureInput]) -> None:
+        """Record (or replace) each document's failure, stamped now.
+
+        A stored version of the document stays as it was and the index version
+        does not move: nothing a search can find has changed.
+        """
+        require_namespace(namespace)
+        prepared = _prepare_failures(failures)
+        if not prepared:
+            return
+        async with self._connection() as conn:
+            await conn.execute(
+                _RECORD_FAILURES_SQL,
+                namespace,
+                [f.document_id for f in prepared],
+                [f.title for f in prepared],
+                [f.reason for f in prepared],
+            )
+
+    async def list_documents(
+        self,
+        namespace: str,
+        *,
+        state: DocumentState = DocumentState.ALL,
+        page_size: int = 100,
+        after: str = "",
+    ) -> DocumentPage:
+        """Up to page_size documents in `state` whose ids sort after `after`, ordered by id.
+
+        A stored document with a failure record shows both its stored fields
+        and the failure, in every state that lists it.
+        """
+        require_namespace(namespace)
+        require_range(page_size, "page_size", 1, MAX_PAGE_SIZE)
+        if "\x00" in after:
+            raise InvalidArgument("after must not contain NUL characters", field="after")
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _LIST_COLUMNS + _LIST_SOURCES[state] + "\nLIMIT $3", namespace, after, page_size + 1
+            )
+        documents = [_document_info(row) for row in rows[:page_size]]
+        more = len(rows) > page_size
+        return DocumentPage(documents, documents[-1].document_id if more else None)
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         with _unavailable_on_connection_errors():
@@ -450,9 +613,7 @@ class ChunkStore:
         metadata = _require_metadata(document.metadata, f"{field}.metadata", what)
         return _PreparedDocument(document_id, content_hash, document.title, metadata, chunks)
 
-    def _prepare_chunk(
-        self, chunk: ChunkInput, field: str, what: str
-    ) -> tuple[int, str, int, int, npt.NDArray[np.float32]]:
+    def _prepare_chunk(self, chunk: ChunkInput, field: str, what: str) -> _PreparedChunk:
         if "\x00" in chunk.text:
             raise InvalidArgument(f"{what}: text must not contain NUL characters", field=f"{field}.text")
         if not 0 <= chunk.start_char <= chunk.end_char <= _INT32_MAX:
@@ -461,8 +622,9 @@ class ChunkStore:
                 f"got {chunk.start_char} and {chunk.end_char}",
                 field=f"{field}.start_char",
             )
+        pages = _require_pages(chunk.pages, f"{field}.pages", what)
         embedding = self._embedding(chunk.embedding, f"{field}.embedding", what)
-        return chunk.index, chunk.text, chunk.start_char, chunk.end_char, embedding
+        return chunk.index, chunk.text, chunk.start_char, chunk.end_char, pages, embedding
 
     def _embedding(self, value: Embedding, field: str, what: str) -> npt.NDArray[np.float32]:
         """`value` as float32, with the configured dimension, finite and not all zeros."""
@@ -525,12 +687,18 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
 async def _upsert_document(
     conn: asyncpg.Connection, namespace: str, document: _PreparedDocument, text_search_config: str
 ) -> UpsertOutcome:
-    """Write one document in its own transaction; a failure leaves the stored version untouched."""
+    """Write one document in its own transaction; a failure leaves the stored version untouched.
+
+    Whatever the outcome, the document's failure record goes in the same
+    transaction: what is stored is now what was last asked for. It goes after
+    the document row is locked, the order Delete takes the two rows in.
+    """
     values = (document.content_hash, document.title, document.metadata, len(document.chunks))
     async with conn.transaction():
         stored = await conn.fetchrow(_LOCK_DOCUMENT_SQL, namespace, document.document_id)
         if stored is None:
             if await conn.fetchval(_INSERT_DOCUMENT_SQL, namespace, document.document_id, *values):
+                await conn.execute(_CLEAR_FAILURE_SQL, namespace, document.document_id)
                 await _copy_chunks(conn, namespace, document)
                 await _index_chunks(conn, namespace, document, text_search_config, replaced=None)
                 return UpsertOutcome(document.document_id, UpsertStatus.CREATED, len(document.chunks))
@@ -539,6 +707,7 @@ async def _upsert_document(
             stored = await conn.fetchrow(_LOCK_DOCUMENT_SQL, namespace, document.document_id)
             if stored is None:
                 raise Unavailable(f"document {document.document_id!r:.80} changed while being written; retry")
+        await conn.execute(_CLEAR_FAILURE_SQL, namespace, document.document_id)
         if stored["content_hash"] == document.content_hash:
             return UpsertOutcome(document.document_id, UpsertStatus.UNCHANGED, stored["chunk_count"])
         await conn.execute(_UPDATE_DOCUMENT_SQL, namespace, document.document_id, *values)
@@ -561,11 +730,12 @@ async def _copy_chunks(conn: asyncpg.Connection, namespace: str, document: _Prep
             text,
             start_char,
             end_char,
+            pages,
             document.metadata,
             document.content_hash,
             embedding,
         )
-        for index, text, start_char, end_char, embedding in document.chunks
+        for index, text, start_char, end_char, pages, embedding in document.chunks
     ]
     await conn.copy_records_to_table("rag_chunks", records=records, columns=_CHUNK_COLUMNS)
 
@@ -607,6 +777,19 @@ def _hit(row: asyncpg.Record) -> Hit:
         score=float(row["score"]),
         dense=_leg_score(row["dense_rank"], row["dense_score"]),
         keyword=_leg_score(row["keyword_rank"], row["keyword_score"]),
+        pages=tuple(row["pages"]),
+    )
+
+
+def _document_info(row: asyncpg.Record) -> DocumentInfo:
+    failure = None if row["reason"] is None else DocumentFailure(row["reason"], row["failed_at"])
+    return DocumentInfo(
+        document_id=row["document_id"],
+        title=row["title"],
+        chunk_count=row["chunk_count"],
+        content_hash=row["content_hash"],
+        updated_at=row["updated_at"],
+        failure=failure,
     )
 
 
@@ -619,6 +802,43 @@ def _require_plain_text(value: str, field: str, *, max_chars: int) -> str:
     if "\x00" in value:
         raise InvalidArgument(f"{field} must not contain NUL characters", field=field)
     return value
+
+
+def _require_pages(pages: Sequence[int], field: str, what: str) -> list[int]:
+    """Page numbers as int4 holds them: 1-based, each after the one before."""
+    try:
+        values = [operator.index(page) for page in pages]
+    except TypeError:
+        raise InvalidArgument(f"{what}: pages must be whole numbers", field=field) from None
+    previous = 0
+    for page in values:
+        if not previous < page <= _INT32_MAX:
+            raise InvalidArgument(
+                f"{what}: pages must be 1-based page numbers in increasing order, got {values!r:.80}",
+                field=field,
+            )
+        previous = page
+    return values
+
+
+def _prepare_failures(failures: Sequence[FailureInput]) -> list[FailureInput]:
+    """Every failure checked before any is written; one record per document."""
+    seen: set[str] = set()
+    for i, failure in enumerate(failures):
+        field = f"documents[{i}]"
+        document_id = _require_plain_text(
+            failure.document_id, f"{field}.document_id", max_chars=MAX_DOCUMENT_ID_CHARS
+        )
+        if document_id in seen:
+            raise InvalidArgument(
+                f"document {document_id!r:.80} appears more than once in one call",
+                field=f"{field}.document_id",
+            )
+        seen.add(document_id)
+        if "\x00" in failure.title:
+            raise InvalidArgument(f"{field}.title must not contain NUL characters", field=f"{field}.title")
+        _require_plain_text(failure.reason, f"{field}.reason", max_chars=MAX_FAILURE_REASON_CHARS)
+    return list(failures)
 
 
 def _require_document_ids(document_ids: Sequence[str]) -> list[str]:

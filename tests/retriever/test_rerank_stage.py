@@ -36,7 +36,11 @@ def reranker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reranker]:
 async def stored(store: ChunkStore, namespace: str) -> Deferred[ChunkStore]:
     documents = [
         DocumentInput(
-            f"d{i}", "h", "", {}, [ChunkInput(0, text, rng.standard_normal(DIMENSION), 0, len(text))]
+            f"d{i}",
+            "h",
+            "",
+            {},
+            [ChunkInput(0, text, rng.standard_normal(DIMENSION), 0, len(text), pages=[i + 1, i + 2])],
         )
         for i, text in enumerate(TEXTS)
     ]
@@ -90,6 +94,8 @@ async def test_reranks_the_fused_candidates_into_the_final_top_k(
     assert all(hit.HasField("rerank_score") and hit.score == hit.rerank_score for hit in response.hits)
     assert [hit.score for hit in response.hits] == sorted((hit.score for hit in response.hits), reverse=True)
     assert all(hit.HasField("dense") for hit in response.hits), "leg scores survive the rerank"
+    pages = [(int(hit.document_id[1:]), list(hit.pages)) for hit in response.hits]
+    assert all(found == [i + 1, i + 2] for i, found in pages), "pages survive the rerank"
 
 
 async def test_out_of_budget_returns_the_fused_order_flagged(
