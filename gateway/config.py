@@ -29,8 +29,12 @@ class GatewaySettings(ServerSettings):
     max_question_chars: int = Field(4000, ge=1)
     max_documents_per_request: int = Field(256, ge=1)
     max_document_bytes: int = Field(10 * MiB, ge=1)
-    # Chunk texts per Embed call during ingest.
+    # Chunk texts per batch of an ingest's embedding stream (one EmbedStream call per ingest).
     embed_batch_size: int = Field(64, ge=1, le=256)
+    # Batches one ingest's embedding stream has sent and not yet had answered.
+    # The embedder works on a few batches of a stream at once (4 by default),
+    # so a window of about that keeps it busy without queueing more.
+    embed_stream_window: int = Field(4, ge=1, le=64)
 
     @property
     def channel_policy(self) -> ChannelPolicy:

@@ -1,18 +1,24 @@
 """The gateway's sequencing: which service is called, in what order, with what.
 
 Ask: embed the question, retrieve, generate. Ingest: skip documents whose
-content hash is stored, chunk the rest, embed the chunks in batches, upsert.
+content hash is stored, chunk the rest (a few documents at a time), embed all
+their chunks in batches through one stream, and upsert each document as soon as
+its chunks are embedded, while later batches are still in the model.
 Every downstream call gets the time left of the caller's deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from contextlib import aclosing
+from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2
 from opentelemetry import trace
 
+from gateway.embedding import embed_stream
 from gateway.requests import IncomingDocument
 from gateway.upstream import Upstreams, calling
 from rag.common.v1 import common_pb2
@@ -24,6 +30,11 @@ from services.common.errors import DeadlineExceeded, Unavailable
 from services.common.timing import StageTimer
 
 _tracer = trace.get_tracer(__name__)
+
+# Chunk calls of one ingest in flight at once.
+_CHUNK_CALLS_IN_FLIGHT = 4
+
+T = TypeVar("T")
 
 
 class Deadline:
@@ -40,9 +51,10 @@ class Deadline:
 
 
 class Pipeline:
-    def __init__(self, upstreams: Upstreams, embed_batch_size: int) -> None:
+    def __init__(self, upstreams: Upstreams, embed_batch_size: int, embed_stream_window: int = 4) -> None:
         self._up = upstreams
         self._embed_batch_size = embed_batch_size
+        self._embed_stream_window = embed_stream_window
 
     async def search(
         self,
@@ -57,7 +69,11 @@ class Pipeline:
         if options.mode != common_pb2.SEARCH_MODE_KEYWORD:
             with timer.stage("embed"), calling("embedder"):
                 embedded = await self._up.embedder.Embed(
-                    embedder_pb2.EmbedRequest(texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY),
+                    # A question longer than the model reads is cut, not refused:
+                    # its beginning still finds the right chunks.
+                    embedder_pb2.EmbedRequest(
+                        texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY, truncate=True
+                    ),
                     timeout=deadline.remaining(),
                 )
             vector = list(embedded.embeddings[0].values)
@@ -147,23 +163,7 @@ class Pipeline:
         unchanged = {s.document_id: s for s in stored.documents if s.content_hash == hashes[s.document_id]}
         changed = [document for document in documents if document.id not in unchanged]
 
-        records = []
-        for document in changed:
-            with timer.stage("chunk"), calling("embedder"):
-                chunked = await self._up.embedder.Chunk(
-                    embedder_pb2.ChunkRequest(
-                        text=document.text,
-                        max_tokens=chunking.max_tokens,
-                        overlap_tokens=chunking.overlap_tokens
-                        if chunking.HasField("overlap_tokens")
-                        else None,
-                    ),
-                    timeout=deadline.remaining(),
-                )
-            records.append(_document_record(document, hashes[document.id], chunked.chunks))
-
-        await self._embed_chunks(records, timer, deadline)
-
+        records = await self._chunk_documents(changed, hashes, chunking, timer, deadline)
         results = {
             document_id: gateway_pb2.DocumentResult(
                 document_id=document_id,
@@ -172,35 +172,135 @@ class Pipeline:
             )
             for document_id, s in unchanged.items()
         }
-        with timer.stage("upsert"), calling("retriever"):
-            for record in records:
-                upserted = await self._up.retriever.Upsert(
-                    retriever_pb2.UpsertRequest(namespace=namespace, documents=[record]),
-                    timeout=deadline.remaining(),
-                )
-                for result in upserted.results:
-                    results[result.document_id] = gateway_pb2.DocumentResult(
-                        document_id=result.document_id, status=result.status, chunk_count=result.chunk_count
-                    )
+        for result in await self._embed_and_upsert(namespace, records, timer, deadline):
+            results[result.document_id] = result
         return [results[document.id] for document in documents]
 
+    async def _chunk_documents(
+        self,
+        documents: Sequence[IncomingDocument],
+        hashes: dict[str, str],
+        chunking: gateway_pb2.ChunkingOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> list[retriever_pb2.DocumentRecord]:
+        """The documents' records with their chunks (no embeddings yet), in the documents' order.
+
+        A few Chunk calls run at once: each is one tokenizer pass on the
+        embedder, so a handful keeps it busy without crowding out queries.
+        """
+        slots = asyncio.Semaphore(_CHUNK_CALLS_IN_FLIGHT)
+        overlap = chunking.overlap_tokens if chunking.HasField("overlap_tokens") else None
+
+        async def chunk(document: IncomingDocument) -> retriever_pb2.DocumentRecord:
+            async with slots:
+                with calling("embedder"):
+                    chunked = await self._up.embedder.Chunk(
+                        embedder_pb2.ChunkRequest(
+                            text=document.text, max_tokens=chunking.max_tokens, overlap_tokens=overlap
+                        ),
+                        timeout=deadline.remaining(),
+                    )
+            return _document_record(document, hashes[document.id], chunked.chunks)
+
+        with timer.stage("chunk") as span:
+            span.set_attribute("rag.gateway.documents", len(documents))
+            return await _all(chunk(document) for document in documents)
+
+    async def _embed_and_upsert(
+        self,
+        namespace: str,
+        records: Sequence[retriever_pb2.DocumentRecord],
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> list[gateway_pb2.DocumentResult]:
+        """Embeds every chunk and upserts each document as soon as all its chunks are embedded.
+
+        The upserts run beside the embedding stream, so the database's work
+        overlaps the model's. A document is upserted whole (one Upsert each,
+        atomic), never before its last chunk is embedded. Upserts go one at a
+        time, in the order documents become ready, as they did before the
+        stream: the database load of an ingest stays what it was. If the
+        embedding fails, the documents still waiting are dropped, but the
+        upsert under way is let finish (see _not_cut_short).
+        """
+        ready: asyncio.Queue[retriever_pb2.DocumentRecord | None] = asyncio.Queue()
+        results: list[gateway_pb2.DocumentResult] = []
+        upsert_ms = 0.0
+
+        async def embed() -> None:
+            await self._embed_chunks(records, ready.put_nowait, timer, deadline)
+            ready.put_nowait(None)  # no more documents to come
+
+        async def upsert() -> None:
+            nonlocal upsert_ms
+            while (record := await ready.get()) is not None:
+                started = time.perf_counter()
+                results.extend(await _not_cut_short(self._upsert(namespace, record, deadline)))
+                upsert_ms += (time.perf_counter() - started) * 1000
+
+        await _all([embed(), upsert()])
+        # The upserts overlap the embed stage, so theirs is a total, not a span of the request.
+        timer.record("upsert", upsert_ms)
+        return results
+
     async def _embed_chunks(
-        self, records: Sequence[retriever_pb2.DocumentRecord], timer: StageTimer, deadline: Deadline
+        self,
+        records: Sequence[retriever_pb2.DocumentRecord],
+        on_document_embedded: Callable[[retriever_pb2.DocumentRecord], None],
+        timer: StageTimer,
+        deadline: Deadline,
     ) -> None:
-        """Fills in every chunk's embedding, batching chunks across documents."""
+        """Fills in every chunk's embedding through one EmbedStream call, batching chunks across
+        documents, and hands on each document as soon as its last chunk is embedded."""
         chunks = [chunk for record in records for chunk in record.chunks]
+        owners = [index for index, record in enumerate(records) for _ in record.chunks]
+        missing = [len(record.chunks) for record in records]
+        for record in records:
+            if not record.chunks:  # nothing to embed: ready as it is
+                on_document_embedded(record)
+        size = self._embed_batch_size
+        batches = [[c.text for c in chunks[start : start + size]] for start in range(0, len(chunks), size)]
         with timer.stage("embed") as span, calling("embedder"):
             span.set_attribute("rag.gateway.chunks", len(chunks))
-            for start in range(0, len(chunks), self._embed_batch_size):
-                batch = chunks[start : start + self._embed_batch_size]
-                embedded = await self._up.embedder.Embed(
-                    embedder_pb2.EmbedRequest(
-                        texts=[chunk.text for chunk in batch], input_type=embedder_pb2.INPUT_TYPE_DOCUMENT
-                    ),
-                    timeout=deadline.remaining(),
-                )
-                for chunk, embedding in zip(batch, embedded.embeddings, strict=True):
-                    chunk.embedding.extend(embedding.values)
+            span.set_attribute("rag.gateway.embed_batches", len(batches))
+            responses = embed_stream(
+                self._up.embedder,
+                batches,
+                # Chunks are cut to fit the model, so one too long to embed
+                # whole is a bug: the embedder rejects it (INVALID_ARGUMENT)
+                # rather than quietly embedding only its beginning.
+                input_type=embedder_pb2.INPUT_TYPE_DOCUMENT,
+                truncate=False,
+                window=self._embed_stream_window,
+                rpc_timeout=deadline.remaining(),
+            )
+            position = 0  # in `chunks`, of the next chunk to get its embedding
+            async with aclosing(responses):
+                async for embedded in responses:
+                    for embedding in embedded.embeddings:
+                        chunks[position].embedding.extend(embedding.values)
+                        owner = owners[position]
+                        missing[owner] -= 1
+                        if missing[owner] == 0:
+                            on_document_embedded(records[owner])
+                        position += 1
+
+    async def _upsert(
+        self, namespace: str, record: retriever_pb2.DocumentRecord, deadline: Deadline
+    ) -> list[gateway_pb2.DocumentResult]:
+        with _tracer.start_as_current_span("rag.gateway.upsert") as span, calling("retriever"):
+            span.set_attribute("rag.gateway.chunks", len(record.chunks))
+            upserted = await self._up.retriever.Upsert(
+                retriever_pb2.UpsertRequest(namespace=namespace, documents=[record]),
+                timeout=deadline.remaining(),
+            )
+        return [
+            gateway_pb2.DocumentResult(
+                document_id=result.document_id, status=result.status, chunk_count=result.chunk_count
+            )
+            for result in upserted.results
+        ]
 
     async def delete(
         self, request: gateway_pb2.DeleteDocumentsRequest, timer: StageTimer, deadline: Deadline
@@ -215,6 +315,38 @@ class Pipeline:
                 timeout=deadline.remaining(),
             )
         return response
+
+
+async def _all(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Runs the coroutines concurrently; their results in order, or the first failure as itself,
+    with the others cancelled and finished first, so no call is left running."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(coroutine) for coroutine in coroutines]
+    except ExceptionGroup as failed:
+        # The first failure is the cause, later ones mostly its echoes. It is
+        # raised as itself, its own cause kept, for the error interceptor to map.
+        first = failed.exceptions[0]
+        raise first from first.__cause__
+    return [task.result() for task in tasks]
+
+
+async def _not_cut_short(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Awaits the coroutine to its end even if the caller is cancelled meanwhile, then passes
+    the cancellation on.
+
+    For writes: a cancelled Upsert may still commit on the retriever after the
+    gateway has answered, and the caller could not tell what was stored. Its
+    deadline bounds the wait.
+    """
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller gets
+        raise
 
 
 def _document_record(

@@ -24,7 +24,8 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         max_message_bytes=settings.max_message_bytes,
         policy=settings.channel_policy,
     )
-    servicer = GatewayServicer(Pipeline(upstreams, settings.embed_batch_size), settings)
+    pipeline = Pipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window)
+    servicer = GatewayServicer(pipeline, settings)
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
