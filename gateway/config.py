@@ -35,6 +35,11 @@ class GatewaySettings(ServerSettings):
     # The embedder works on a few batches of a stream at once (4 by default),
     # so a window of about that keeps it busy without queueing more.
     embed_stream_window: int = Field(4, ge=1, le=64)
+    # Answers kept for repeated questions (0 turns the cache off), and for how
+    # long. A cached answer is never served after its namespace changed: the
+    # key holds the namespace's index version.
+    answer_cache_size: int = Field(1000, ge=0)
+    answer_cache_ttl_s: float = Field(3600.0, gt=0)
 
     @property
     def channel_policy(self) -> ChannelPolicy:

@@ -41,6 +41,17 @@ def record_ingest(results: Sequence[gateway_pb2.DocumentResult]) -> None:
         ingest_chunks.add(result.chunk_count, status)
 
 
+answer_cache = _meter.create_counter(
+    "rag.gateway.answer_cache.lookups",
+    unit="{lookup}",
+    description="Answer cache lookups, by result: hit or miss.",
+)
+
+
+def record_answer_cache(*, hit: bool) -> None:
+    answer_cache.add(1, {"result": "hit" if hit else "miss"})
+
+
 def record_answer(response: gateway_pb2.AskResponse) -> None:
     outcome = _suffix(generator_pb2.AnswerOutcome.Name(response.outcome), "ANSWER_OUTCOME_")
     answers.add(1, {"outcome": outcome})

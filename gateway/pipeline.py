@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from google.protobuf import struct_pb2
 from opentelemetry import trace
 
+from gateway import instruments
+from gateway.answer_cache import AnswerCache, cache_key
 from gateway.embedding import embed_stream
 from gateway.requests import IncomingDocument
 from gateway.upstream import Upstreams, calling
@@ -26,8 +28,9 @@ from rag.embedder.v1 import embedder_pb2
 from rag.gateway.v1 import gateway_pb2
 from rag.generator.v1 import generator_pb2
 from rag.retriever.v1 import retriever_pb2
-from services.common.errors import DeadlineExceeded, Unavailable
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from services.common.timing import StageTimer
+from services.common.validation import require_range
 
 _tracer = trace.get_tracer(__name__)
 
@@ -51,10 +54,17 @@ class Deadline:
 
 
 class Pipeline:
-    def __init__(self, upstreams: Upstreams, embed_batch_size: int, embed_stream_window: int = 4) -> None:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        embed_batch_size: int,
+        embed_stream_window: int = 4,
+        answers: AnswerCache | None = None,
+    ) -> None:
         self._up = upstreams
         self._embed_batch_size = embed_batch_size
         self._embed_stream_window = embed_stream_window
+        self._answers = answers or AnswerCache(capacity=0, ttl_s=1)
 
     async def search(
         self,
@@ -97,6 +107,9 @@ class Pipeline:
     async def ask(
         self, request: gateway_pb2.AskRequest, top_k: int, timer: StageTimer, deadline: Deadline
     ) -> gateway_pb2.AskResponse:
+        key, cached = await self._cached_answer(request, timer, deadline)
+        if cached is not None:
+            return cached
         retrieved = await self.search(
             request.namespace, request.question, top_k, request.retrieval, timer, deadline
         )
@@ -104,11 +117,47 @@ class Pipeline:
             generated: generator_pb2.GenerateResponse = await self._up.generator.Generate(
                 generate_request(request, retrieved.hits), timeout=deadline.remaining()
             )
-        return answer_response(generated, retrieved.hits, timer)
+        response = answer_response(generated, retrieved.hits, timer)
+        if key is not None:
+            self._answers.put(key, response)
+        return response
+
+    async def _cached_answer(
+        self, request: gateway_pb2.AskRequest, timer: StageTimer, deadline: Deadline
+    ) -> tuple[bytes | None, gateway_pb2.AskResponse | None]:
+        """The cache key for this question (None when not cached) and the cached answer, if any.
+
+        The key includes the namespace's index version, read from the database
+        the ingests write: after any change to the namespace no older answer matches.
+        """
+        if not self._answers.enabled or request.skip_cache:
+            return None, None
+        with timer.stage("cache") as span, calling("retriever"):
+            version = await self._up.retriever.GetIndexVersion(
+                retriever_pb2.GetIndexVersionRequest(namespace=request.namespace),
+                timeout=deadline.remaining(),
+            )
+            key = cache_key(request, version.version)
+            cached = self._answers.get(key)
+            span.set_attribute("rag.gateway.index_version", version.version)
+            span.set_attribute("rag.gateway.cache_hit", cached is not None)
+        instruments.record_answer_cache(hit=cached is not None)
+        if cached is not None:
+            cached.cached = True
+            cached.timings.extend(timer.to_proto())
+        return key, cached
 
     async def ask_stream(
         self, request: gateway_pb2.AskRequest, top_k: int, timer: StageTimer, deadline: Deadline
     ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
+        key, cached = await self._cached_answer(request, timer, deadline)
+        if cached is not None:
+            # The same three events as a fresh answer; the text as one delta.
+            sources = [gateway_pb2.Source(number=s.number, hit=s.hit) for s in cached.sources]
+            yield gateway_pb2.AskStreamResponse(sources=gateway_pb2.SourcesEvent(sources=sources))
+            yield gateway_pb2.AskStreamResponse(delta=generator_pb2.AnswerDelta(text=cached.answer))
+            yield gateway_pb2.AskStreamResponse(final=cached)
+            return
         retrieved = await self.search(
             request.namespace, request.question, top_k, request.retrieval, timer, deadline
         )
@@ -139,7 +188,10 @@ class Pipeline:
             raise Unavailable("generator: the answer stream ended without its final event")
         if first_token_at is not None:
             timer.record("time_to_first_token", (first_token_at - started) * 1000)
-        yield gateway_pb2.AskStreamResponse(final=answer_response(final, retrieved.hits, timer))
+        response = answer_response(final, retrieved.hits, timer)
+        if key is not None:
+            self._answers.put(key, response)
+        yield gateway_pb2.AskStreamResponse(final=response)
 
     async def ingest(
         self,
@@ -149,8 +201,34 @@ class Pipeline:
         timer: StageTimer,
         deadline: Deadline,
     ) -> list[gateway_pb2.DocumentResult]:
+        """One result per document, in order. A document that cannot be read or
+        chunked fails alone (status FAILED, with the reason, recorded for
+        ListDocuments); a dependency failing fails the request, to be retried."""
+        failures = {document.id: document.error for document in documents if document.error is not None}
+        readable = [document for document in documents if document.error is None]
+        results: dict[str, gateway_pb2.DocumentResult] = {}
+        if readable:
+            results = await self._ingest_readable(namespace, readable, chunking, failures, timer, deadline)
+        if failures:
+            await self._record_failures(namespace, documents, failures, deadline)
+            for document_id, reason in failures.items():
+                results[document_id] = gateway_pb2.DocumentResult(
+                    document_id=document_id, status=retriever_pb2.UPSERT_STATUS_FAILED, error=reason
+                )
+        return [results[document.id] for document in documents]
+
+    async def _ingest_readable(
+        self,
+        namespace: str,
+        documents: Sequence[IncomingDocument],
+        chunking: gateway_pb2.ChunkingOptions,
+        failures: dict[str, str],
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> dict[str, gateway_pb2.DocumentResult]:
         with calling("embedder"):
             info = await self._up.embedder.Info(embedder_pb2.InfoRequest(), timeout=deadline.remaining())
+        _check_chunking(chunking, info.max_tokens)
         overlap = chunking.overlap_tokens if chunking.HasField("overlap_tokens") else "default"
         fingerprint = f"{info.model}|{chunking.max_tokens}|{overlap}"
         hashes = {document.id: document.content_hash(fingerprint) for document in documents}
@@ -163,7 +241,7 @@ class Pipeline:
         unchanged = {s.document_id: s for s in stored.documents if s.content_hash == hashes[s.document_id]}
         changed = [document for document in documents if document.id not in unchanged]
 
-        records = await self._chunk_documents(changed, hashes, chunking, timer, deadline)
+        records = await self._chunk_documents(changed, hashes, chunking, failures, timer, deadline)
         results = {
             document_id: gateway_pb2.DocumentResult(
                 document_id=document_id,
@@ -174,17 +252,60 @@ class Pipeline:
         }
         for result in await self._embed_and_upsert(namespace, records, timer, deadline):
             results[result.document_id] = result
-        return [results[document.id] for document in documents]
+        return results
+
+    async def _record_failures(
+        self,
+        namespace: str,
+        documents: Sequence[IncomingDocument],
+        failures: dict[str, str],
+        deadline: Deadline,
+    ) -> None:
+        titles = {document.id: document.title for document in documents}
+        with calling("retriever"):
+            await self._up.retriever.RecordFailures(
+                retriever_pb2.RecordFailuresRequest(
+                    namespace=namespace,
+                    documents=[
+                        retriever_pb2.FailedDocument(
+                            document_id=document_id, title=titles[document_id], reason=reason
+                        )
+                        for document_id, reason in failures.items()
+                    ],
+                ),
+                timeout=deadline.remaining(),
+            )
+
+    async def list_documents(
+        self, request: gateway_pb2.ListDocumentsRequest, deadline: Deadline
+    ) -> gateway_pb2.ListDocumentsResponse:
+        with calling("retriever"):
+            listed = await self._up.retriever.ListDocuments(
+                retriever_pb2.ListDocumentsRequest(
+                    namespace=request.namespace,
+                    state=request.state,
+                    page_size=request.page_size,
+                    page_token=request.page_token,
+                ),
+                timeout=deadline.remaining(),
+            )
+        return gateway_pb2.ListDocumentsResponse(
+            documents=listed.documents, next_page_token=listed.next_page_token
+        )
 
     async def _chunk_documents(
         self,
         documents: Sequence[IncomingDocument],
         hashes: dict[str, str],
         chunking: gateway_pb2.ChunkingOptions,
+        failures: dict[str, str],
         timer: StageTimer,
         deadline: Deadline,
     ) -> list[retriever_pb2.DocumentRecord]:
         """The documents' records with their chunks (no embeddings yet), in the documents' order.
+
+        A document the embedder refuses to chunk (INVALID_ARGUMENT), or that
+        yields no chunk, goes into `failures` instead.
 
         A few Chunk calls run at once: each is one tokenizer pass on the
         embedder, so a handful keeps it busy without crowding out queries.
@@ -192,20 +313,28 @@ class Pipeline:
         slots = asyncio.Semaphore(_CHUNK_CALLS_IN_FLIGHT)
         overlap = chunking.overlap_tokens if chunking.HasField("overlap_tokens") else None
 
-        async def chunk(document: IncomingDocument) -> retriever_pb2.DocumentRecord:
+        async def chunk(document: IncomingDocument) -> retriever_pb2.DocumentRecord | None:
             async with slots:
-                with calling("embedder"):
-                    chunked = await self._up.embedder.Chunk(
-                        embedder_pb2.ChunkRequest(
-                            text=document.text, max_tokens=chunking.max_tokens, overlap_tokens=overlap
-                        ),
-                        timeout=deadline.remaining(),
-                    )
+                try:
+                    with calling("embedder"):
+                        chunked = await self._up.embedder.Chunk(
+                            embedder_pb2.ChunkRequest(
+                                text=document.text, max_tokens=chunking.max_tokens, overlap_tokens=overlap
+                            ),
+                            timeout=deadline.remaining(),
+                        )
+                except InvalidArgument as refused:
+                    failures[document.id] = refused.message
+                    return None
+            if not chunked.chunks:
+                failures[document.id] = "the document has no text to index"
+                return None
             return _document_record(document, hashes[document.id], chunked.chunks)
 
         with timer.stage("chunk") as span:
             span.set_attribute("rag.gateway.documents", len(documents))
-            return await _all(chunk(document) for document in documents)
+            records = await _all(chunk(document) for document in documents)
+        return [record for record in records if record is not None]
 
     async def _embed_and_upsert(
         self,
@@ -349,6 +478,19 @@ async def _not_cut_short(coroutine: Coroutine[Any, Any, T]) -> T:
         raise
 
 
+def _check_chunking(chunking: gateway_pb2.ChunkingOptions, model_max_tokens: int) -> None:
+    """Refuses bad chunking options for the whole request, up front: once
+    they are known good, an embedder refusing to chunk a document is about
+    that document alone."""
+    limit = model_max_tokens - 2  # room for the special tokens the model adds
+    if chunking.max_tokens:
+        require_range(chunking.max_tokens, "chunking.max_tokens", 16, limit)
+    if chunking.HasField("overlap_tokens") and chunking.max_tokens:
+        require_range(chunking.overlap_tokens, "chunking.overlap_tokens", 0, chunking.max_tokens // 2)
+    elif chunking.HasField("overlap_tokens"):
+        require_range(chunking.overlap_tokens, "chunking.overlap_tokens", 0, limit // 2)
+
+
 def _document_record(
     document: IncomingDocument, content_hash: str, chunks: Sequence[embedder_pb2.TextChunk]
 ) -> retriever_pb2.DocumentRecord:
@@ -360,7 +502,13 @@ def _document_record(
         title=document.title,
         metadata=metadata,
         chunks=[
-            retriever_pb2.ChunkRecord(index=i, text=c.text, start_char=c.start_char, end_char=c.end_char)
+            retriever_pb2.ChunkRecord(
+                index=i,
+                text=c.text,
+                start_char=c.start_char,
+                end_char=c.end_char,
+                pages=document.chunk_pages(c.start_char, c.end_char),
+            )
             for i, c in enumerate(chunks)
         ],
     )

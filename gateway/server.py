@@ -3,6 +3,7 @@ from __future__ import annotations
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
+from gateway.answer_cache import AnswerCache
 from gateway.config import GatewaySettings
 from gateway.pipeline import Pipeline
 from gateway.servicer import GatewayServicer
@@ -24,7 +25,8 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         max_message_bytes=settings.max_message_bytes,
         policy=settings.channel_policy,
     )
-    pipeline = Pipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window)
+    answers = AnswerCache(settings.answer_cache_size, settings.answer_cache_ttl_s)
+    pipeline = Pipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window, answers)
     servicer = GatewayServicer(pipeline, settings)
 
     def register(server: grpc.aio.Server) -> None:

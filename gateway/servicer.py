@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -74,7 +75,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.IngestDocumentsRequest, context: Context
     ) -> gateway_pb2.IngestDocumentsResponse:
         require_namespace(request.namespace)
-        documents = requests.documents(request.documents, self._settings)
+        # Reading files (PDF, HTML) is CPU work: off the event loop, so other calls go on.
+        documents = await asyncio.to_thread(requests.documents, request.documents, self._settings)
         timer, deadline = self._begin(context)
         results = await self._pipeline.ingest(request.namespace, documents, request.chunking, timer, deadline)
         instruments.record_ingest(results)
@@ -93,3 +95,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             deleted_chunks=deleted.deleted_chunks,
             timings=timer.to_proto(),
         )
+
+    async def ListDocuments(
+        self, request: gateway_pb2.ListDocumentsRequest, context: Context
+    ) -> gateway_pb2.ListDocumentsResponse:
+        require_namespace(request.namespace)
+        # Paging and state are checked by the retriever, which owns them.
+        _, deadline = self._begin(context)
+        return await self._pipeline.list_documents(request, deadline)

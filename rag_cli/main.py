@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
@@ -39,10 +40,11 @@ def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
 def ingest(args: argparse.Namespace) -> int:
     files = documents.find_files(Path(p) for p in args.paths)
     if not files:
-        print("no .txt or .md files found", file=sys.stderr)
+        print("no .txt, .md, .pdf or .html files found", file=sys.stderr)
         return 1
     gateway = _gateway(args)
     counts: dict[str, int] = {}
+    failed: list[gateway_pb2.DocumentResult] = []
     with tqdm(total=len(files), unit="doc", desc="ingesting") as progress:
         for batch in documents.batches(files, args.batch_size):
             request = gateway_pb2.IngestDocumentsRequest(
@@ -52,15 +54,19 @@ def ingest(args: argparse.Namespace) -> int:
             for result in response.results:
                 status = render.upsert_status(result.status)
                 counts[status] = counts.get(status, 0) + 1
+                if result.status == retriever_pb2.UPSERT_STATUS_FAILED:
+                    failed.append(result)
             progress.update(len(batch))
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
-    return 0
+    for result in failed:
+        print(f"  failed: {result.document_id}: {result.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def ask(args: argparse.Namespace) -> int:
     request = gateway_pb2.AskRequest(
-        namespace=args.namespace, question=args.question, retrieval=_retrieval(args)
+        namespace=args.namespace, question=args.question, retrieval=_retrieval(args), skip_cache=args.no_cache
     )
     if not getattr(args, "stream", False):
         print(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
@@ -80,6 +86,25 @@ def search(args: argparse.Namespace) -> int:
         namespace=args.namespace, query=args.query, retrieval=_retrieval(args)
     )
     print(render.search(_gateway(args).Search(request, timeout=args.timeout)))
+    return 0
+
+
+def list_documents(args: argparse.Namespace) -> int:
+    state = retriever_pb2.DOCUMENT_STATE_FAILED if args.failed else retriever_pb2.DOCUMENT_STATE_UNSPECIFIED
+    gateway, page_token, listed = _gateway(args), "", 0
+    while True:
+        page = gateway.ListDocuments(
+            gateway_pb2.ListDocumentsRequest(
+                namespace=args.namespace, state=state, page_size=500, page_token=page_token
+            ),
+            timeout=args.timeout,
+        )
+        for document in page.documents:
+            print(render.document_line(document))
+        listed += len(page.documents)
+        if not (page_token := page.next_page_token):
+            break
+    print(f"{listed} {'failed ' if args.failed else ''}documents in {args.namespace!r}")
     return 0
 
 
@@ -157,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     command.set_defaults(run=up)
 
-    command = commands.add_parser("ingest", help="ingest .txt/.md files or folders")
+    command = commands.add_parser("ingest", help="ingest .txt/.md/.pdf/.html files or folders")
     command.add_argument("paths", nargs="+")
     command.add_argument("--batch-size", type=int, default=16, help="documents per request")
     command.set_defaults(run=ingest)
@@ -169,7 +194,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--mode", choices=list(MODES), help="search mode (default: the server's)")
         if name == "ask":
             command.add_argument("--stream", action="store_true", help="print the answer as it is written")
+            command.add_argument("--no-cache", action="store_true", help="answer afresh, not from the cache")
         command.set_defaults(run=run)
+
+    command = commands.add_parser("documents", help="list the namespace's documents")
+    command.add_argument("--failed", action="store_true", help="only those whose last ingestion failed")
+    command.set_defaults(run=list_documents)
 
     command = commands.add_parser("delete", help="delete documents by id")
     command.add_argument("ids", nargs="+")

@@ -24,10 +24,20 @@ def timings(stages: Sequence[common_pb2.StageTiming]) -> str:
     return "  ".join(f"{t.stage} {t.duration_ms:.0f} ms" for t in stages)
 
 
+def pages(numbers: Sequence[int]) -> str:
+    """ "p. 3", "pp. 3-4", or "" for a source without pages."""
+    if not numbers:
+        return ""
+    if len(numbers) == 1:
+        return f"p. {numbers[0]}"
+    return f"pp. {numbers[0]}-{numbers[-1]}"
+
+
 def hit_line(number: int, hit: retriever_pb2.SearchHit) -> str:
     title = f" — {hit.title}" if hit.title else ""
+    where = f", {pages(hit.pages)}" if hit.pages else ""
     return (
-        f"[{number}] {hit.document_id}#{hit.chunk_index}{title}  (score {hit.score:.3f})\n"
+        f"[{number}] {hit.document_id}#{hit.chunk_index}{title}{where}  (score {hit.score:.3f})\n"
         f"    {snippet(hit.text)}"
     )
 
@@ -43,8 +53,25 @@ def answer_details(response: gateway_pb2.AskResponse) -> str:
         lines += ["(the sources do not contain the answer)", ""]
     lines.append("Sources:")
     lines += [hit_line(s.number, s.hit) + ("" if s.cited else "  (not cited)") for s in response.sources]
-    lines += ["", f"timings: {timings(response.timings)}"]
+    cached = "  (cached answer)" if response.cached else ""
+    lines += ["", f"timings: {timings(response.timings)}{cached}"]
     return "\n".join(lines)
+
+
+def document_line(document: retriever_pb2.DocumentInfo) -> str:
+    """id, title, chunks, when stored, content hash; and why its last ingestion failed, if it did."""
+    stored = (
+        f"{document.chunk_count} chunks  {document.updated_at.ToDatetime():%Y-%m-%d %H:%M:%S} UTC  "
+        f"{document.content_hash[:12]}"
+        if document.HasField("updated_at")
+        else "not stored"
+    )
+    title = f"  {snippet(document.title, 60)}" if document.title else ""
+    line = f"{document.document_id}{title}  {stored}"
+    if document.HasField("failure"):
+        failed_at = document.failure.failed_at.ToDatetime()
+        line += f"\n    failed {failed_at:%Y-%m-%d %H:%M:%S} UTC: {document.failure.reason}"
+    return line
 
 
 def search(response: gateway_pb2.SearchResponse) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,6 +21,8 @@ class ReceivedSpan:
     parent_span_id: str
     # The resource's service.instance.id, e.g. from OTEL_RESOURCE_ATTRIBUTES: tells replicas apart.
     instance_id: str = ""
+    # The span's own attributes, as Python values.
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -52,6 +54,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),
                         instance_id=attributes.get("service.instance.id", ""),
+                        attributes={a.key: _value(a.value) for a in span.attributes},
                     )
                     for span in scope_spans.spans
                 ]
@@ -71,3 +74,10 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             if predicate(spans) or time.monotonic() > deadline:
                 return spans
             time.sleep(0.1)
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return (
+        getattr(value, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
+    )
