@@ -74,11 +74,17 @@ def scrapes(stack: Stack, gateway: gateway_pb2_grpc.GatewayServiceStub) -> Scrap
     gateway.IngestDocuments(ingest)
     gateway.IngestDocuments(ingest)  # unchanged: skipped by content hash
     gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query="nightly base backup"))
-    question = gateway_pb2.AskRequest(namespace=namespace, question="How long are backups kept?")
+    # Past the answer cache, so the question is embedded and answered every time.
+    question = gateway_pb2.AskRequest(
+        namespace=namespace, question="How long are backups kept?", skip_cache=True
+    )
     gateway.Ask(question)
     gateway.Ask(question)  # the same question: its embedding comes from the embedder's cache
     for _ in gateway.AskStream(gateway_pb2.AskStreamRequest(request=question)):
         pass
+    repeated = gateway_pb2.AskRequest(namespace=namespace, question="Who is on call this week?")
+    gateway.Ask(repeated)
+    gateway.Ask(repeated)  # answered from the answer cache
     with pytest.raises(grpc.RpcError) as refused:
         gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query=""))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -115,6 +121,8 @@ def test_gateway_times_every_stage_and_counts_ingest_and_answers(
     assert grew(scrapes, "gateway", "rag_gateway_ingest_documents_total", status="unchanged") == 4
     assert grew(scrapes, "gateway", "rag_gateway_ingest_chunks_total", status="created") >= 4
     assert grew(scrapes, "gateway", "rag_gateway_answers_total") >= 3
+    assert grew(scrapes, "gateway", "rag_gateway_answer_cache_lookups_total", result="miss") >= 1
+    assert grew(scrapes, "gateway", "rag_gateway_answer_cache_lookups_total", result="hit") >= 1
 
 
 def test_embedder_reports_batches_cache_and_queue(
