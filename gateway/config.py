@@ -1,11 +1,17 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.upstream import ChannelPolicy
 from services.common.channel_config import LbPolicy
 from services.common.settings import MiB, ServerSettings
+from services.common.tls import ClientTls, TlsConfigError, check_pair
+
+UPSTREAM_TLS_PREFIX = "GATEWAY_UPSTREAM_TLS_"
 
 
 class GatewaySettings(ServerSettings):
@@ -40,7 +46,41 @@ class GatewaySettings(ServerSettings):
     # key holds the namespace's index version.
     answer_cache_size: int = Field(1000, ge=0)
     answer_cache_ttl_s: float = Field(3600.0, gt=0)
+    # API keys (hashed, see gateway/keys.py and `rag keys`), re-read when the
+    # file changes. Unset: authentication off, for local use only.
+    api_keys_file: Path | None = None
+    # TLS towards the embedder, retriever and generator: set the CA their
+    # certificates chain to and the channels speak TLS; add a client certificate
+    # and key for services that require one (mTLS).
+    upstream_tls_ca_file: Path | None = None
+    upstream_tls_cert_file: Path | None = None
+    upstream_tls_key_file: Path | None = None
+    # The name to check the services' certificates against instead of each
+    # target's host, e.g. for "ipv4:10.0.0.1:50051,..." lists or a shared certificate.
+    upstream_tls_server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _upstream_tls_makes_sense(self) -> Self:
+        check_pair(self.upstream_tls_cert_file, self.upstream_tls_key_file, UPSTREAM_TLS_PREFIX)
+        uses_tls = self.upstream_tls_cert_file is not None or self.upstream_tls_server_name is not None
+        if uses_tls and self.upstream_tls_ca_file is None:
+            raise TlsConfigError(f"upstream TLS settings need {UPSTREAM_TLS_PREFIX}CA_FILE")
+        return self
 
     @property
     def channel_policy(self) -> ChannelPolicy:
-        return ChannelPolicy(self.lb_policy, self.keepalive_time_s, self.keepalive_timeout_s)
+        return ChannelPolicy(
+            self.lb_policy, self.keepalive_time_s, self.keepalive_timeout_s, self.upstream_tls
+        )
+
+    @property
+    def upstream_tls(self) -> ClientTls | None:
+        if self.upstream_tls_ca_file is None:
+            return None
+        return ClientTls(
+            self.upstream_tls_ca_file,
+            self.upstream_tls_cert_file,
+            self.upstream_tls_key_file,
+            self.upstream_tls_server_name,
+            UPSTREAM_TLS_PREFIX,
+        )

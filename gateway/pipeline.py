@@ -5,6 +5,7 @@ content hash is stored, chunk the rest (a few documents at a time), embed all
 their chunks in batches through one stream, and upsert each document as soon as
 its chunks are embedded, while later batches are still in the model.
 Every downstream call gets the time left of the caller's deadline.
+Retriever calls carry the tenant the gateway authorized (gateway.auth.tenant_metadata).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from opentelemetry import trace
 
 from gateway import instruments
 from gateway.answer_cache import AnswerCache, cache_key
+from gateway.auth import tenant_metadata
 from gateway.embedding import embed_stream
 from gateway.requests import IncomingDocument
 from gateway.upstream import Upstreams, calling
@@ -100,7 +102,7 @@ class Pipeline:
         )
         with timer.stage("retrieve"), calling("retriever"):
             response: retriever_pb2.SearchResponse = await self._up.retriever.Search(
-                request, timeout=deadline.remaining()
+                request, timeout=deadline.remaining(), metadata=tenant_metadata()
             )
         return response
 
@@ -136,6 +138,7 @@ class Pipeline:
             version = await self._up.retriever.GetIndexVersion(
                 retriever_pb2.GetIndexVersionRequest(namespace=request.namespace),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
             key = cache_key(request, version.version)
             cached = self._answers.get(key)
@@ -237,6 +240,7 @@ class Pipeline:
             stored = await self._up.retriever.GetDocumentHashes(
                 retriever_pb2.GetDocumentHashesRequest(namespace=namespace, document_ids=list(hashes)),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
         unchanged = {s.document_id: s for s in stored.documents if s.content_hash == hashes[s.document_id]}
         changed = [document for document in documents if document.id not in unchanged]
@@ -274,6 +278,7 @@ class Pipeline:
                     ],
                 ),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
 
     async def list_documents(
@@ -288,6 +293,7 @@ class Pipeline:
                     page_token=request.page_token,
                 ),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
         return gateway_pb2.ListDocumentsResponse(
             documents=listed.documents, next_page_token=listed.next_page_token
@@ -423,6 +429,7 @@ class Pipeline:
             upserted = await self._up.retriever.Upsert(
                 retriever_pb2.UpsertRequest(namespace=namespace, documents=[record]),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
         return [
             gateway_pb2.DocumentResult(
@@ -442,6 +449,7 @@ class Pipeline:
                     filter=request.filter if request.HasField("filter") else None,
                 ),
                 timeout=deadline.remaining(),
+                metadata=tenant_metadata(),
             )
         return response
 

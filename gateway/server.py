@@ -4,6 +4,7 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.answer_cache import AnswerCache
+from gateway.auth import Authorizer
 from gateway.config import GatewaySettings
 from gateway.pipeline import Pipeline
 from gateway.servicer import GatewayServicer
@@ -15,6 +16,8 @@ SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_na
 
 
 async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> None:
+    # First: a keys file that cannot be read stops the start-up.
+    authorizer = Authorizer.from_file(settings.api_keys_file)
     # Channels connect lazily, so the gateway is ready as soon as it listens;
     # a dependency that is down surfaces per call as UNAVAILABLE.
     upstreams = Upstreams.connect(
@@ -27,7 +30,7 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
     )
     answers = AnswerCache(settings.answer_cache_size, settings.answer_cache_ttl_s)
     pipeline = Pipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window, answers)
-    servicer = GatewayServicer(pipeline, settings)
+    servicer = GatewayServicer(pipeline, settings, authorizer)
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)

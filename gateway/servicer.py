@@ -10,6 +10,7 @@ import grpc
 from opentelemetry import trace
 
 from gateway import instruments, requests
+from gateway.auth import Authorizer
 from gateway.config import GatewaySettings
 from gateway.pipeline import Deadline, Pipeline
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -21,9 +22,12 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, pipeline: Pipeline, settings: GatewaySettings) -> None:
+    def __init__(
+        self, pipeline: Pipeline, settings: GatewaySettings, authorizer: Authorizer | None = None
+    ) -> None:
         self._pipeline = pipeline
         self._settings = settings
+        self._authorizer = authorizer or Authorizer(None)
         self._tracer = trace.get_tracer(__name__)
 
     def _begin(self, context: Context) -> tuple[StageTimer, Deadline]:
@@ -35,6 +39,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SearchRequest, context: Context
     ) -> gateway_pb2.SearchResponse:
         require_namespace(request.namespace)
+        self._authorizer.authorize(context, request.namespace)
         requests.question(request.query, self._settings, "query")
         top_k = requests.top_k(request.retrieval, self._settings, "retrieval.top_k")
         timer, deadline = self._begin(context)
@@ -50,6 +55,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         )
 
     async def Ask(self, request: gateway_pb2.AskRequest, context: Context) -> gateway_pb2.AskResponse:
+        self._authorizer.authorize(context, request.namespace)
         top_k = self._validate_ask(request)
         timer, deadline = self._begin(context)
         response = await self._pipeline.ask(request, top_k, timer, deadline)
@@ -59,6 +65,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def AskStream(
         self, request: gateway_pb2.AskStreamRequest, context: Context
     ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
+        self._authorizer.authorize(context, request.request.namespace)
         top_k = self._validate_ask(request.request, prefix="request.")
         timer, deadline = self._begin(context)
         async for event in self._pipeline.ask_stream(request.request, top_k, timer, deadline):
@@ -75,6 +82,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.IngestDocumentsRequest, context: Context
     ) -> gateway_pb2.IngestDocumentsResponse:
         require_namespace(request.namespace)
+        self._authorizer.authorize(context, request.namespace)
         # Reading files (PDF, HTML) is CPU work: off the event loop, so other calls go on.
         documents = await asyncio.to_thread(requests.documents, request.documents, self._settings)
         timer, deadline = self._begin(context)
@@ -86,6 +94,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.DeleteDocumentsRequest, context: Context
     ) -> gateway_pb2.DeleteDocumentsResponse:
         require_namespace(request.namespace)
+        self._authorizer.authorize(context, request.namespace)
         if not request.document_ids and not request.HasField("filter"):
             raise InvalidArgument("give document_ids, a filter, or both; an empty delete is refused")
         timer, deadline = self._begin(context)
@@ -100,6 +109,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListDocumentsRequest, context: Context
     ) -> gateway_pb2.ListDocumentsResponse:
         require_namespace(request.namespace)
+        self._authorizer.authorize(context, request.namespace)
         # Paging and state are checked by the retriever, which owns them.
         _, deadline = self._begin(context)
         return await self._pipeline.list_documents(request, deadline)

@@ -6,6 +6,7 @@ a call that reached a replica as it died is sent again, to another replica.
 `round_robin` (the default policy) spreads calls over every address of a target:
 a dns:/// name or a list such as "ipv4:10.0.0.1:50052,10.0.0.2:50052".
 Keepalive pings find connections to replicas that vanished without closing them.
+With ChannelPolicy.tls set, every channel speaks TLS (mTLS with a client certificate).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
 from services.common import errors
 from services.common.channel_config import LbPolicy, service_config
+from services.common.tls import ClientTls
 
 
 @dataclass(frozen=True)
 class ChannelPolicy:
-    """How a channel spreads calls over a target's addresses and notices dead ones."""
+    """How a channel spreads calls over a target's addresses, notices dead ones and secures them."""
 
     # round_robin spreads calls over every address; pick_first uses one at a time.
     lb_policy: LbPolicy = "round_robin"
@@ -35,6 +37,8 @@ class ChannelPolicy:
     # the connection is dropped, so the balancer stops picking it.
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
+    # None: plaintext. The same trust roots and client certificate for every upstream.
+    tls: ClientTls | None = None
 
 
 DEFAULT_POLICY = ChannelPolicy()
@@ -55,23 +59,29 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
 def open_channel(
     target: str, tracer_provider: TracerProvider, max_message_bytes: int, policy: ChannelPolicy
 ) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(
+    options = [
+        ("grpc.service_config", service_config(policy.lb_policy)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", round(policy.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(policy.keepalive_timeout_s * 1000)),
+        # Ping idle connections too: round_robin may pick any of them next.
+        # max_pings_without_data=0, or gRPC stops after two pings on a
+        # connection without calls. Servers must permit such pings (see
+        # services/common/server.py) or they answer GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    interceptors = aio_client_interceptors(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+    if policy.tls is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    # Reads the PEM files now, at start-up: a bad path fails it with the setting's name.
+    return grpc.aio.secure_channel(
         target,
-        options=[
-            ("grpc.service_config", service_config(policy.lb_policy)),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", round(policy.keepalive_time_s * 1000)),
-            ("grpc.keepalive_timeout_ms", round(policy.keepalive_timeout_s * 1000)),
-            # Ping idle connections too: round_robin may pick any of them next.
-            # max_pings_without_data=0, or gRPC stops after two pings on a
-            # connection without calls. Servers must permit such pings (see
-            # services/common/server.py) or they answer GOAWAY "too_many_pings".
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ],
-        interceptors=aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        policy.tls.credentials(),
+        options=[*options, *policy.tls.channel_options()],
+        interceptors=interceptors,
     )
 
 

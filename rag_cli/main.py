@@ -15,7 +15,7 @@ from tqdm import tqdm
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-from rag_cli import documents, render
+from rag_cli import documents, keys, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
 
@@ -29,7 +29,8 @@ MODES = {
 
 
 def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
-    return gateway_pb2_grpc.GatewayServiceStub(gateway_channel(args.gateway))
+    channel = keys.with_api_key(gateway_channel(args.gateway), args.api_key)
+    return gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
 def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
@@ -166,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--namespace", "-n", default=os.environ.get("RAG_NAMESPACE", "default"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("RAG_API_KEY"),
+        help="API key for a gateway with authentication on (default: $RAG_API_KEY)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     command = commands.add_parser("up", help="run the whole system locally (Ctrl-C stops it)")
@@ -206,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     command.set_defaults(run=delete)
 
     evaluation.register(commands)
+    keys.register(commands)
     return parser
 
 

@@ -82,7 +82,7 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
         [*binding.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     await _set_all(health_servicer, binding.service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server.add_insecure_port(settings.address)
+    _listen(server, settings)
     await server.start()
     log.info("listening on %s; starting dependencies", settings.address)
 
@@ -108,6 +108,19 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
     tracer_provider.shutdown()
     metrics_export.shutdown()
     log.info("stopped")
+
+
+def _listen(server: grpc.aio.Server, settings: ServerSettings) -> None:
+    """TLS when a certificate is set, on the one port: health checks and reflection included."""
+    tls = settings.tls
+    if tls is None:
+        server.add_insecure_port(settings.address)
+        return
+    # Reads the files now: a bad path fails start-up with the setting's name.
+    server.add_secure_port(settings.address, tls.credentials())
+    log.info(
+        "TLS on %s%s", settings.address, " with client certificates (mTLS)" if tls.client_ca_file else ""
+    )
 
 
 async def _set_all(

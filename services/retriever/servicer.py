@@ -17,7 +17,7 @@ from opentelemetry import trace
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
 from services.retriever import instruments, rerank_stage
@@ -38,6 +38,9 @@ from services.retriever.store import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# Set by the gateway: the namespaces the caller's API key was checked for (gateway/auth.py).
+TENANT_HEADER = "x-rag-tenant-namespaces"
 
 MAX_TOP_K = 100
 MAX_DOCUMENTS_PER_UPSERT = 256
@@ -103,6 +106,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.UpsertRequest, context: Context
     ) -> retriever_pb2.UpsertResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_DOCUMENTS_PER_UPSERT)
         documents = [
             _document(d, f"documents[{i}]", self._dimension) for i, d in enumerate(request.documents)
@@ -125,6 +129,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         _check_ids(request.document_ids)
         metadata_filter = filter_from_proto(request.filter) if request.HasField("filter") else None
         if not request.document_ids and metadata_filter is None:
@@ -142,6 +147,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         require_range(request.top_k, "top_k", 1, MAX_TOP_K)
         mode = _search_mode(request.mode)
         # An empty query_embedding is "none" (keyword mode needs none); the
@@ -203,6 +209,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.GetDocumentHashesRequest, context: Context
     ) -> retriever_pb2.GetDocumentHashesResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         _check_ids(request.document_ids)
         stored = await self._store.value.stored_documents(request.namespace, list(request.document_ids))
         return retriever_pb2.GetDocumentHashesResponse(
@@ -218,6 +225,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.GetIndexVersionRequest, context: Context
     ) -> retriever_pb2.GetIndexVersionResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         version = await self._store.value.index_version(request.namespace)
         return retriever_pb2.GetIndexVersionResponse(version=version)
 
@@ -225,6 +233,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.ListDocumentsRequest, context: Context
     ) -> retriever_pb2.ListDocumentsResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         state = _document_state(request.state)
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         require_range(page_size, "page_size", 1, MAX_PAGE_SIZE)
@@ -241,6 +250,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.RecordFailuresRequest, context: Context
     ) -> retriever_pb2.RecordFailuresResponse:
         require_namespace(request.namespace)
+        _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_FAILURES_PER_CALL)
         for i, failed in enumerate(request.documents):
             _check_id(failed.document_id, f"documents[{i}].document_id")
@@ -248,6 +258,25 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             request.namespace, [FailureInput(d.document_id, d.title, d.reason) for d in request.documents]
         )
         return retriever_pb2.RecordFailuresResponse()
+
+
+def _require_tenant(context: Context, namespace: str) -> None:
+    """Refuses a namespace the gateway did not authorize the call for.
+
+    The gateway names the namespace it checked the caller's key against in
+    TENANT_HEADER, so a gateway bug (or a forwarded request) cannot reach another
+    tenant's data. Without the header the call is trusted as before: the
+    retriever is reachable only from inside the cluster (mTLS), and the gateway
+    sends none with authentication off.
+    """
+    for name, value in context.invocation_metadata() or ():
+        if name == TENANT_HEADER:
+            text = value.decode() if isinstance(value, bytes) else value
+            if namespace not in {part.strip() for part in text.split(",")}:
+                raise PermissionDenied(
+                    f"the call is not authorized for namespace {namespace!r}", field="namespace"
+                )
+            return
 
 
 def _search_mode(value: common_pb2.SearchMode.ValueType) -> SearchMode:

@@ -1,0 +1,91 @@
+"""`rag keys`: create, list and revoke the gateway's API keys; and sending a key on every call.
+
+The commands edit the keys file (GATEWAY_API_KEYS_FILE) directly; a running
+gateway picks the change up on its next call. In Kubernetes, put the file into
+the Secret the gateway mounts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gateway import keys
+
+
+def register(commands: Any) -> None:
+    """Adds `keys create|list|revoke` to the `rag` parser's subcommands."""
+    group = commands.add_parser("keys", help="manage the gateway's API keys (a file of hashed keys)")
+    actions = group.add_subparsers(dest="keys_command", required=True)
+    default_file = os.environ.get("GATEWAY_API_KEYS_FILE")
+
+    def file_option(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--file", default=default_file, required=default_file is None, help="keys file (JSON)"
+        )
+
+    command = actions.add_parser("create", help="add a key; prints it once (only its hash is stored)")
+    file_option(command)
+    command.add_argument(
+        "--namespace",
+        dest="key_namespaces",
+        action="append",
+        required=True,
+        help="a namespace the key may use; repeat for more, '*' for all",
+    )
+    command.add_argument("--id", dest="key_id", help="the key's name (default: random)")
+    command.set_defaults(run=create)
+
+    command = actions.add_parser("list", help="ids, namespaces, creation and revocation (never keys)")
+    file_option(command)
+    command.set_defaults(run=list_keys)
+
+    command = actions.add_parser("revoke", help="revoke a key by id")
+    file_option(command)
+    command.add_argument("key_id", metavar="ID")
+    command.set_defaults(run=revoke)
+
+
+def create(args: argparse.Namespace) -> int:
+    key = keys.create_key(Path(args.file), tuple(args.key_namespaces), args.key_id)
+    print(key)
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    for entry in keys.read_keys(Path(args.file)).values():
+        state = "revoked" if entry.revoked else "active"
+        print(f"{entry.id}\t{','.join(entry.namespaces)}\t{entry.created_at}\t{state}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    keys.revoke_key(Path(args.file), args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds 'authorization: Bearer <key>' to every call."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+
+def with_api_key(channel: grpc.Channel, key: str | None) -> grpc.Channel:
+    """The channel, sending the key on every call when one is given."""
+    return grpc.intercept_channel(channel, _ApiKey(key)) if key else channel

@@ -1,0 +1,318 @@
+"""Authentication and tenant isolation, on a gateway of this module's own with a keys file.
+
+It runs beside the session stack and calls its embedder, retriever and generator,
+so the session gateway (authentication off) is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway import keys
+from gateway.auth import TENANT_HEADER
+from rag.common.v1 import common_pb2
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from rag_cli.main import main
+from rag_cli.stack import Stack
+from tests.e2e.test_scale_out import Replicas
+from tests.otlp_receiver import OtlpReceiver
+
+NAME = "gateway-auth"
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Tenants:
+    gateway: gateway_pb2_grpc.GatewayServiceStub
+    channel: grpc.Channel
+    target: str
+    keys_file: Path
+    log: Path
+    own: str  # key_a's namespace
+    other: str  # key_b's namespace
+    key_a: str
+    key_b: str
+    revoked: str
+
+    def all_keys(self) -> list[str]:
+        return [self.key_a, self.key_b, self.revoked]
+
+
+def bearer(key: str) -> Metadata:
+    return (("authorization", f"Bearer {key}"),)
+
+
+@pytest.fixture(scope="module")
+def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    directory = tmp_path_factory.mktemp("auth")
+    keys_file = directory / "keys.json"
+    suffix = secrets.token_hex(3)
+    own, other = f"auth-a-{suffix}", f"auth-b-{suffix}"
+    key_a = keys.create_key(keys_file, (own,), "team-a")
+    key_b = keys.create_key(keys_file, (other,), "team-b")
+    revoked = keys.create_key(keys_file, (own,), "gone")
+    keys.revoke_key(keys_file, "gone")
+    processes = Replicas(stack, directory)
+    processes.start(
+        [NAME],
+        GATEWAY_API_KEYS_FILE=str(keys_file),
+        GATEWAY_EMBEDDER_TARGET=stack.target("embedder"),
+        GATEWAY_RETRIEVER_TARGET=stack.target("retriever"),
+        GATEWAY_GENERATOR_TARGET=stack.target("generator"),
+        # The most the gateway ever logs: the keys must not be in it either.
+        GATEWAY_LOG_LEVEL="DEBUG",
+    )
+    try:
+        with grpc.insecure_channel(processes.target(NAME)) as channel:
+            yield Tenants(
+                gateway_pb2_grpc.GatewayServiceStub(channel),
+                channel,
+                processes.target(NAME),
+                keys_file,
+                directory / "logs" / f"{NAME}.log",
+                own,
+                other,
+                key_a,
+                key_b,
+                revoked,
+            )
+    finally:
+        processes.stop()
+
+
+def complete(call: Callable[[], Any]) -> None:
+    result = call()
+    if not hasattr(result, "SerializeToString"):
+        list(result)  # a stream fails when read
+
+
+def rejection(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        complete(call)
+    return raised.value
+
+
+def code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    return error.code(), error.details()  # type: ignore[attr-defined]
+
+
+def calls(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, metadata: Metadata) -> dict[str, Any]:
+    """One call of each namespaced RPC, deletes both by id and by filter."""
+    ask = gateway_pb2.AskRequest(namespace=namespace, question="When do backups run?")
+    on_topic = common_pb2.MetadataFilter(
+        field=common_pb2.FieldCondition(key="topic", equals=common_pb2.ScalarValue(string_value="x"))
+    )
+    document = gateway_pb2.Document(id="d", title="t", text="Some text to store.")
+    return {
+        "Ask": lambda: gateway.Ask(ask, metadata=metadata, timeout=60),
+        "AskStream": lambda: gateway.AskStream(
+            gateway_pb2.AskStreamRequest(request=ask), metadata=metadata, timeout=60
+        ),
+        "Search": lambda: gateway.Search(
+            gateway_pb2.SearchRequest(namespace=namespace, query="backups"), metadata=metadata, timeout=60
+        ),
+        "IngestDocuments": lambda: gateway.IngestDocuments(
+            gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[document]),
+            metadata=metadata,
+            timeout=60,
+        ),
+        "DeleteDocuments(ids)": lambda: gateway.DeleteDocuments(
+            gateway_pb2.DeleteDocumentsRequest(namespace=namespace, document_ids=["d"]),
+            metadata=metadata,
+            timeout=60,
+        ),
+        "DeleteDocuments(filter)": lambda: gateway.DeleteDocuments(
+            gateway_pb2.DeleteDocumentsRequest(namespace=namespace, filter=on_topic),
+            metadata=metadata,
+            timeout=60,
+        ),
+        "ListDocuments": lambda: gateway.ListDocuments(
+            gateway_pb2.ListDocumentsRequest(namespace=namespace), metadata=metadata, timeout=60
+        ),
+    }
+
+
+def test_calls_without_a_valid_key_are_unauthenticated(tenants: Tenants) -> None:
+    wrong_secret = tenants.key_a[:-4] + ("AAAA" if not tenants.key_a.endswith("AAAA") else "BBBB")
+    attempts: dict[str, Metadata] = {
+        "missing": (),
+        "malformed": (("authorization", "Bearer not-a-key"),),
+        "not bearer": (("authorization", f"Basic {tenants.key_a}"),),
+        "wrong secret": bearer(wrong_secret),
+        "unknown id": (("x-api-key", "rag_nobody_" + tenants.key_a.split("_", 2)[2]),),
+        "revoked": bearer(tenants.revoked),
+    }
+    for attempt, metadata in attempts.items():
+        for rpc, call in calls(tenants.gateway, tenants.own, metadata).items():
+            code, details = code_and_details(rejection(call))
+            assert code == grpc.StatusCode.UNAUTHENTICATED, (attempt, rpc, details)
+            assert tenants.key_a not in details
+            assert tenants.key_a.split("_", 2)[2] not in details
+
+
+def test_health_and_reflection_need_no_key(tenants: Tenants) -> None:
+    health = health_pb2_grpc.HealthStub(tenants.channel)
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    reflection = reflection_pb2_grpc.ServerReflectionStub(tenants.channel)
+    (answer,) = reflection.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+    )
+    names = {service.name for service in answer.list_services_response.service}
+    assert "rag.gateway.v1.GatewayService" in names
+
+
+def test_every_rpc_on_another_tenants_namespace_is_permission_denied(tenants: Tenants) -> None:
+    for rpc, call in calls(tenants.gateway, tenants.other, bearer(tenants.key_a)).items():
+        code, details = code_and_details(rejection(call))
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, details)
+        assert repr(tenants.other) in details
+        assert tenants.key_a not in details
+
+
+def test_a_key_works_on_its_own_namespace_and_filters_cannot_reach_another(tenants: Tenants) -> None:
+    def ingest(namespace: str, key: str, owner: str) -> None:
+        metadata = struct_pb2.Struct()
+        metadata.update({"namespace": owner, "owner": owner})
+        document = gateway_pb2.Document(
+            id=f"{owner}-runbook",
+            title="backup runbook",
+            text="The nightly PostgreSQL base backup runs at 02:00 UTC.",
+            metadata=metadata,
+        )
+        tenants.gateway.IngestDocuments(
+            gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[document]),
+            metadata=bearer(key),
+            timeout=120,
+        )
+
+    ingest(tenants.own, tenants.key_a, "a")
+    ingest(tenants.other, tenants.key_b, "b")
+    # A filter names metadata keys, never the namespace: "namespace" here is just a key.
+    theirs = common_pb2.MetadataFilter(
+        field=common_pb2.FieldCondition(
+            key="namespace",
+            in_values=common_pb2.ScalarList(values=[common_pb2.ScalarValue(string_value="b")]),
+        )
+    )
+    found = tenants.gateway.Search(
+        gateway_pb2.SearchRequest(
+            namespace=tenants.own,
+            query="When does the nightly backup run?",
+            retrieval=gateway_pb2.RetrievalOptions(filter=theirs),
+        ),
+        metadata=bearer(tenants.key_a),
+        timeout=60,
+    )
+    deleted = tenants.gateway.DeleteDocuments(
+        gateway_pb2.DeleteDocumentsRequest(namespace=tenants.own, filter=theirs),
+        metadata=bearer(tenants.key_a),
+        timeout=60,
+    )
+    mine = tenants.gateway.ListDocuments(
+        gateway_pb2.ListDocumentsRequest(namespace=tenants.own), metadata=bearer(tenants.key_a), timeout=60
+    )
+    their_documents = tenants.gateway.ListDocuments(
+        gateway_pb2.ListDocumentsRequest(namespace=tenants.other), metadata=bearer(tenants.key_b), timeout=60
+    )
+    answer = tenants.gateway.Ask(
+        gateway_pb2.AskRequest(namespace=tenants.own, question="When does the nightly backup run?"),
+        metadata=bearer(tenants.key_a),
+        timeout=120,
+    )
+
+    assert list(found.hits) == []
+    assert deleted.deleted_documents == 0
+    assert [d.document_id for d in mine.documents] == ["a-runbook"]
+    assert [d.document_id for d in their_documents.documents] == ["b-runbook"]
+    assert {s.hit.document_id for s in answer.sources} <= {"a-runbook"}
+
+
+def test_the_cli_sends_the_key_from_the_option_or_rag_api_key(
+    tenants: Tenants, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = ["--gateway", tenants.target, "-n", tenants.own]
+    without = main([*target, "documents"])
+    refused = capsys.readouterr().err
+    with_option = main([*target, "--api-key", tenants.key_a, "documents"])
+    monkeypatch.setenv("RAG_API_KEY", tenants.key_a)
+    from_environment = main([*target, "documents"])
+
+    assert without == 2
+    assert "UNAUTHENTICATED" in refused
+    assert with_option == 0
+    assert from_environment == 0
+
+
+def test_revocation_takes_effect_without_a_restart(tenants: Tenants) -> None:
+    key = keys.create_key(tenants.keys_file, (tenants.own,), f"short-{secrets.token_hex(2)}")
+    listing = gateway_pb2.ListDocumentsRequest(namespace=tenants.own)
+    tenants.gateway.ListDocuments(listing, metadata=bearer(key), timeout=30)
+
+    keys.revoke_key(tenants.keys_file, keys.key_id_of(key) or "")
+    error = rejection(lambda: tenants.gateway.ListDocuments(listing, metadata=bearer(key), timeout=30))
+
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+def test_the_retriever_refuses_namespaces_outside_the_tenant_header(stack: Stack) -> None:
+    with grpc.insecure_channel(stack.target("retriever")) as channel:
+        retriever = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        vouched = ((TENANT_HEADER, "tenant-x,tenant-y"),)
+        direct: dict[str, Callable[[], Any]] = {
+            "Search": lambda: retriever.Search(
+                retriever_pb2.SearchRequest(
+                    namespace="tenant-z", query_text="x", top_k=1, mode=common_pb2.SEARCH_MODE_KEYWORD
+                ),
+                metadata=vouched,
+            ),
+            "ListDocuments": lambda: retriever.ListDocuments(
+                retriever_pb2.ListDocumentsRequest(namespace="tenant-z"), metadata=vouched
+            ),
+            "GetIndexVersion": lambda: retriever.GetIndexVersion(
+                retriever_pb2.GetIndexVersionRequest(namespace="tenant-z"), metadata=vouched
+            ),
+            "Delete": lambda: retriever.Delete(
+                retriever_pb2.DeleteRequest(namespace="tenant-z", document_ids=["d"]), metadata=vouched
+            ),
+        }
+        for rpc, call in direct.items():
+            code, details = code_and_details(rejection(call))
+            assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, details)
+        allowed = retriever.ListDocuments(
+            retriever_pb2.ListDocumentsRequest(namespace="tenant-y"), metadata=vouched
+        )
+        assert list(allowed.documents) == []
+
+
+def test_keys_never_appear_in_logs_or_spans(tenants: Tenants, otlp_receiver: OtlpReceiver) -> None:
+    # Calls of every outcome, so each is logged and traced.
+    for key in tenants.all_keys():
+        for call in calls(tenants.gateway, tenants.own, bearer(key)).values():
+            with contextlib.suppress(grpc.RpcError):
+                complete(call)
+    spans = otlp_receiver.wait_for(
+        lambda spans: any(s.instance_id == NAME and s.name.endswith("/ListDocuments") for s in spans)
+    )
+    assert any(s.instance_id == NAME for s in spans), "the gateway exported its spans"
+    exported = repr([(s.name, s.attributes) for s in spans])
+    logged = tenants.log.read_text(errors="replace")
+    assert "rag.gateway.v1.GatewayService" in logged or "authentication on" in logged
+    for key in tenants.all_keys():
+        secret = key.split("_", 2)[2]
+        assert secret not in logged
+        assert secret not in exported
