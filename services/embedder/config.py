@@ -34,7 +34,7 @@ class EmbedderSettings(ServerSettings):
     # texts and by padded tokens (texts x longest text), since long texts are
     # compute-bound and gain nothing from big batches.
     inference_batch_size: int = Field(64, ge=1, le=1024)
-    max_batch_tokens: int = Field(4096, ge=16)
+    max_batch_tokens: int = Field(2048, ge=16)
     # How long a non-full batch waits for more texts; 0 runs as soon as the
     # model is free, which keeps a lone query's latency at the model's own.
     max_wait_ms: float = Field(0.0, ge=0, le=1000)
