@@ -269,7 +269,9 @@ def _require_tenant(context: Context, namespace: str) -> None:
     retriever is reachable only from inside the cluster (mTLS), and the gateway
     sends none with authentication off.
     """
-    for name, value in context.invocation_metadata() or ():
+    # In-process callers (the servicer tests) have no call context, hence no header.
+    metadata = context.invocation_metadata() if context is not None else None
+    for name, value in metadata or ():
         if name == TENANT_HEADER:
             text = value.decode() if isinstance(value, bytes) else value
             if namespace not in {part.strip() for part in text.split(",")}:
