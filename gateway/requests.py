@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
 from gateway import formats
 from gateway.config import GatewaySettings
 from rag.gateway.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
+from services.common.struct_values import struct_to_dict
 from services.common.validation import require_range, require_text
 
 MAX_DOCUMENT_ID_CHARS = 256
@@ -102,7 +101,7 @@ def _document(proto: gateway_pb2.Document, field: str, settings: GatewaySettings
         raise InvalidArgument(
             f"{field}.title must be at most {MAX_TITLE_CHARS} characters", field=f"{field}.title"
         )
-    metadata = json_format.MessageToDict(proto.metadata) if proto.HasField("metadata") else {}
+    metadata = struct_to_dict(proto.metadata, f"{field}.metadata") if proto.HasField("metadata") else {}
     if proto.WhichOneof("body") == "file":
         return _file_document(proto, metadata, settings.max_document_bytes)
     text = _body(proto, field, settings.max_document_bytes)

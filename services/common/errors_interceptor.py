@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import ServiceError
@@ -57,8 +58,41 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: BaseExcepti
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error; trace id {trace_id}")
 
 
+class _Undecodable:
+    """Stands in for a request protobuf could not parse, so the handler can refuse it properly."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # An exception in a deserializer becomes UNKNOWN with the parser's text;
+    # the handler below answers INVALID_ARGUMENT instead.
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+async def _refuse_undecodable(context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    message = (
+        f"the request to {method} is not a valid message: strings must be valid UTF-8 "
+        "and messages may nest at most 100 levels"
+    )
+    log.info("%s failed: INVALID_ARGUMENT undecodable request", method)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is _UNDECODABLE:
+            await _refuse_undecodable(context, method)
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -75,6 +109,8 @@ def _wrap_streaming(
     """For handlers that answer with a stream; `request` is one message or, for bidi calls, an iterator."""
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        if request is _UNDECODABLE:
+            await _refuse_undecodable(context, method)
         try:
             async for response in behavior(request, context):
                 yield response
@@ -99,7 +135,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -107,7 +143,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 # Our servicers' streaming handlers are async generators; the
                 # stubs only know the sync server's iterator type.
                 _wrap_streaming(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:

@@ -14,12 +14,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from opentelemetry import trace
 
 from rag.common.v1 import common_pb2
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.struct_values import struct_to_dict
 from services.common.timing import StageTimer
 from services.common.validation import require_range, require_text
 from services.generator import instruments
@@ -162,7 +162,7 @@ def _sources(context: Sequence[generator_pb2.ContextChunk]) -> list[Source]:
             title=chunk.title,
             text=chunk.text,
             score=chunk.score,
-            metadata=json_format.MessageToDict(chunk.metadata),
+            metadata=struct_to_dict(chunk.metadata, f"context[{index}].metadata"),
         )
         for index, chunk in enumerate(context)
     ]

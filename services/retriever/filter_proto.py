@@ -77,4 +77,10 @@ def _time(bounds: common_pb2.TimeRange, name: str) -> datetime | None:
     if not bounds.HasField(name):  # type: ignore[arg-type]
         return None
     stamp: timestamp_pb2.Timestamp = getattr(bounds, name)
-    return stamp.ToDatetime(tzinfo=UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as error:
+        raise InvalidArgument(
+            f"time_range.{name} must be a valid timestamp between years 1 and 9999 "
+            f"(seconds {stamp.seconds}, nanos {stamp.nanos})"
+        ) from error

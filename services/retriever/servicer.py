@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from opentelemetry import trace
 
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.struct_values import struct_to_dict
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
 from services.retriever import instruments, rerank_stage
@@ -372,7 +373,7 @@ def _document(proto: retriever_pb2.DocumentRecord, field: str, dimension: int) -
         document_id=proto.document_id,
         content_hash=proto.content_hash,
         title=proto.title,
-        metadata=json_format.MessageToDict(proto.metadata),
+        metadata=struct_to_dict(proto.metadata, f"{field}.metadata"),
         chunks=chunks,
     )
 
