@@ -682,6 +682,12 @@ def _unavailable_on_connection_errors() -> Iterator[None]:
         yield
     except _CONNECTION_ERRORS as exc:
         raise Unavailable("the document store is unavailable; retry later") from exc
+    except asyncpg.InterfaceError as exc:
+        # A connection the server closed mid-transaction (a restart) surfaces as
+        # an InterfaceError when the transaction ends; any other is a bug.
+        if "connection is closed" not in str(exc):
+            raise
+        raise Unavailable("the document store is unavailable; retry later") from exc
 
 
 async def _upsert_document(
