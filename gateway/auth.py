@@ -21,15 +21,13 @@ from opentelemetry import trace
 
 from gateway.keys import KeyEntry, KeyStore
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.tenant import TENANT_HEADER
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Metadata = tuple[tuple[str, str], ...]
 
-# The namespaces the gateway vouches for on its retriever calls; the retriever
-# refuses any other (services/retriever/servicer.py).
-TENANT_HEADER = "x-rag-tenant-namespaces"
 
 _MISSING = "missing API key: send metadata 'authorization: Bearer <key>' (or 'x-api-key: <key>')"
 _INVALID = "the API key is not valid (malformed, unknown or revoked)"

@@ -19,6 +19,7 @@ from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.struct_values import struct_to_dict
+from services.common.tenant import TENANT_HEADER
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
 from services.retriever import instruments, rerank_stage
@@ -40,8 +41,6 @@ from services.retriever.store import (
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-# Set by the gateway: the namespaces the caller's API key was checked for (gateway/auth.py).
-TENANT_HEADER = "x-rag-tenant-namespaces"
 
 MAX_TOP_K = 100
 MAX_DOCUMENTS_PER_UPSERT = 256

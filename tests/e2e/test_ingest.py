@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
-import asyncpg
-import pytest
-
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-from rag_cli.stack import Stack
 from tests.conftest import sample_document
-
-ChunkReader = Callable[[str], dict[str, list[str]]]
+from tests.e2e.conftest import ChunkReader
 
 CREATED, UPDATED, UNCHANGED = (
     retriever_pb2.UPSERT_STATUS_CREATED,
     retriever_pb2.UPSERT_STATUS_UPDATED,
     retriever_pb2.UPSERT_STATUS_UNCHANGED,
 )
-
-
-@pytest.fixture
-def stored_chunks(stack: Stack) -> ChunkReader:
-    """Reads the chunk table directly, to see what ingest really wrote."""
-    database_url = stack.database_url_in_use
-
-    def count(namespace: str) -> dict[str, list[str]]:
-        async def query() -> dict[str, list[str]]:
-            connection = await asyncpg.connect(database_url)
-            try:
-                rows = await connection.fetch(
-                    "SELECT document_id, text FROM rag_chunks WHERE namespace = $1"
-                    " ORDER BY document_id, chunk_index",
-                    namespace,
-                )
-            finally:
-                await connection.close()
-            chunks: dict[str, list[str]] = {}
-            for row in rows:
-                chunks.setdefault(row["document_id"], []).append(row["text"])
-            return chunks
-
-        return asyncio.run(query())
-
-    return count
 
 
 def _ingest(

@@ -3,10 +3,8 @@ each document upserted whole as soon as its chunks are embedded."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import asyncpg
 import grpc
 import pytest
 
@@ -16,8 +14,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli.stack import Stack
 from tests.conftest import SAMPLES
-
-ChunkReader = Callable[[str], dict[str, list[str]]]
+from tests.e2e.conftest import ChunkReader
 
 CREATED, UNCHANGED = retriever_pb2.UPSERT_STATUS_CREATED, retriever_pb2.UPSERT_STATUS_UNCHANGED
 # Small chunks, so 40 documents of about 1,000 tokens make some 700 chunks:
@@ -31,32 +28,6 @@ LIGHTHOUSE = "The keeper of the Skerryvore lighthouse tests the fog signal every
 def embedder(stack: Stack) -> Iterator[embedder_pb2_grpc.EmbedderServiceStub]:
     with grpc.insecure_channel(stack.target("embedder")) as channel:
         yield embedder_pb2_grpc.EmbedderServiceStub(channel)
-
-
-@pytest.fixture
-def stored_chunks(stack: Stack) -> ChunkReader:
-    """The chunk texts ingest really wrote, per document, read from the database."""
-    database_url = stack.database_url_in_use
-
-    def read(namespace: str) -> dict[str, list[str]]:
-        async def query() -> dict[str, list[str]]:
-            connection = await asyncpg.connect(database_url)
-            try:
-                rows = await connection.fetch(
-                    "SELECT document_id, text FROM rag_chunks WHERE namespace = $1"
-                    " ORDER BY document_id, chunk_index",
-                    namespace,
-                )
-            finally:
-                await connection.close()
-            chunks: dict[str, list[str]] = {}
-            for row in rows:
-                chunks.setdefault(row["document_id"], []).append(row["text"])
-            return chunks
-
-        return asyncio.run(query())
-
-    return read
 
 
 def _documents() -> list[gateway_pb2.Document]:
