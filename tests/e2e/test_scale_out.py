@@ -70,6 +70,9 @@ class Replicas:
         """One gRPC target listing every replica: the ipv4: scheme takes comma-separated addresses."""
         return "ipv4:" + ",".join(f"127.0.0.1:{self._ports[name]}" for name in names)
 
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        return "\n".join(self._processes.log_path(name).read_text().splitlines()[-lines:])
+
     def kill(self, name: str) -> None:
         process = self._processes.process(name)
         process.kill()
@@ -125,6 +128,31 @@ def served_by(receiver: OtlpReceiver, calls: Sequence[Call], service: str) -> di
     return found
 
 
+def wait_until_every_replica_serves(
+    gateway: gateway_pb2_grpc.GatewayServiceStub,
+    namespace: str,
+    receiver: OtlpReceiver,
+    replicas: Sequence[str],
+    within_s: float = 30.0,
+) -> None:
+    """Search until each named replica has served a call, or the time is up.
+
+    round_robin picks only among replicas it is connected to; on a loaded machine
+    the gateway's second connection can come up after its first calls, which then
+    all go to the first replica. Counting starts once every replica is in play.
+    """
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        calls = [search(gateway, namespace) for _ in range(4)]
+        seen = {
+            replica
+            for service in {name.split("-")[0] for name in replicas}
+            for replica in served_by(receiver, calls, service).values()
+        }
+        if seen >= set(replicas):
+            return
+
+
 def test_round_robin_spreads_calls_over_replicas_and_losing_one_fails_no_call(
     replicas: Replicas, stack: Stack, otlp_receiver: OtlpReceiver, namespace: str
 ) -> None:
@@ -143,12 +171,17 @@ def test_round_robin_spreads_calls_over_replicas_and_losing_one_fails_no_call(
             )
         )
 
+        serving = ["embedder-a", "embedder-b", "retriever-a", "retriever-b"]
+        wait_until_every_replica_serves(gateway, namespace, otlp_receiver, serving)
+
         # 1. Sequential calls: round_robin takes turns over the replicas.
         calls = [search(gateway, namespace) for _ in range(CALLS)]
         assert [call.error for call in calls] == [None] * CALLS
         for service in ("embedder", "retriever"):
             served = Counter(served_by(otlp_receiver, calls, service).values())
-            assert served.keys() == {f"{service}-a", f"{service}-b"}, served
+            assert served.keys() == {f"{service}-a", f"{service}-b"}, (
+                f"{served}\n{replicas.log_tail(f'{service}-b')}\n{replicas.log_tail('gateway-rr')}"
+            )
             assert min(served.values()) >= CALLS // 4, f"{service} calls are spread, not pinned: {served}"
 
         # 2. Four callers at once; after the first quarter of their calls, kill -9
