@@ -49,6 +49,8 @@ DEFAULT_POLICY = ChannelPolicy()
 _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    # The retriever checks the tenant header too: its refusal is the caller's.
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-from rag_cli import beir, metrics
+from rag_cli import beir, keys, metrics
 from rag_cli.client import gateway_channel
 from rag_cli.render import upsert_status
 
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
     with gateway_channel(args.gateway) as channel:
-        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        gateway = gateway_pb2_grpc.GatewayServiceStub(keys.with_api_key(channel, args.api_key))
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size, args.timeout)
         results = [
             _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k, args.timeout)

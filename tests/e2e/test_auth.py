@@ -258,6 +258,29 @@ def test_the_cli_sends_the_key_from_the_option_or_rag_api_key(
     assert from_environment == 0
 
 
+def test_eval_sends_the_key_too(
+    tenants: Tenants, dataset_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evaluate = [
+        "--gateway",
+        tenants.target,
+        "eval",
+        str(dataset_dir),
+        "--namespace",
+        tenants.own,
+        "--limit",
+        "1",
+    ]
+    monkeypatch.delenv("RAG_API_KEY", raising=False)
+    without = main(evaluate)
+    refused = capsys.readouterr().err
+    scored = main(["--api-key", tenants.key_a, *evaluate])
+
+    assert without == 2
+    assert "UNAUTHENTICATED" in refused
+    assert scored == 0, capsys.readouterr().err
+
+
 def test_revocation_takes_effect_without_a_restart(tenants: Tenants) -> None:
     key = keys.create_key(tenants.keys_file, (tenants.own,), f"short-{secrets.token_hex(2)}")
     listing = gateway_pb2.ListDocumentsRequest(namespace=tenants.own)
