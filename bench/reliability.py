@@ -30,6 +30,10 @@ free loopback ports, default settings) serves every phase:
    a poller reads the tables every POLL_S in one snapshot and flags any
    document whose stored chunks differ in number from its row's chunk_count or
    from its final count in the reference (a partial document).
+5. Overload: OVERLOAD_CLIENTS clients, three times phase 1's, against the
+   gateway restarted without a bound on calls in flight, then with
+   GATEWAY_MAX_IN_FLIGHT at its default 64 and at 16. Criterion: only OK and RESOURCE_EXHAUSTED; the
+   unbounded run shows what the bound prevents.
 
 Prints a table per phase with PASS or MISS; exits 0 either way.
 """
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import os
 import random
@@ -128,15 +133,22 @@ LOAD_NAMESPACE = "reliability-load"
 SERVICE_ENV = {"EMBEDDER_CACHE_SIZE": "0"}
 
 
+# Phase 5: clients beyond what the stack serves, against a gateway without a
+# bound on calls in flight and one with a low bound.
+OVERLOAD_CLIENTS = 150
+OVERLOAD_LIMITS = (("no bound", 100_000), ("max in flight 64 (default)", 64), ("max in flight 16", 16))
+
+
 @dataclass(frozen=True)
 class Settings:
     load_s: float
     kill_window_s: float
     documents: int
+    overload_s: float
 
 
-FULL = Settings(load_s=60.0, kill_window_s=12.0, documents=1000)
-QUICK = Settings(load_s=15.0, kill_window_s=9.0, documents=200)
+FULL = Settings(load_s=60.0, kill_window_s=12.0, documents=1000, overload_s=30.0)
+QUICK = Settings(load_s=15.0, kill_window_s=9.0, documents=200, overload_s=10.0)
 
 
 def _log(message: str) -> None:
@@ -211,6 +223,7 @@ async def _client(number: int, gateway: gateway_pb2_grpc.GatewayServiceStub, loa
         started = time.monotonic()
         status = "OK"
         detail = ""
+        pause_s = 0.0
         try:
             if rpc == "Search":
                 await gateway.Search(
@@ -233,17 +246,27 @@ async def _client(number: int, gateway: gateway_pb2_grpc.GatewayServiceStub, loa
         except (TimeoutError, grpc.aio.AioRpcError) as error:
             status = _status(error)
             detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
+            pause_s = _retry_hint_s(error)
         ended = time.monotonic()
         load.calls.append(Call(rpc, started, ended, status, detail or ""))
         if status != "OK":
-            await asyncio.sleep(0.05)  # a failing stack must not turn into a busy loop
+            await asyncio.sleep(pause_s)  # a failing stack must not turn into a busy loop
 
 
-async def run_load(target: str, load: Load) -> None:
+def _retry_hint_s(error: BaseException) -> float:
+    """The server's hint (grpc-retry-pushback-ms) where it gives one, as a well-behaved client reads it."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-retry-pushback-ms":
+                return int(value) / 1000
+    return 0.05
+
+
+async def run_load(target: str, load: Load, clients: int = CLIENTS) -> None:
     channels = [_channel(target) for _ in range(CHANNELS)]
     try:
         stubs = [gateway_pb2_grpc.GatewayServiceStub(c) for c in channels]
-        await asyncio.gather(*(_client(i, stubs[i % CHANNELS], load) for i in range(CLIENTS)))
+        await asyncio.gather(*(_client(i, stubs[i % CHANNELS], load) for i in range(clients)))
     finally:
         for channel in channels:
             await channel.close()
@@ -376,7 +399,7 @@ def _outage_rows(label: str, load: Load, down: float, ready: float, end: float, 
 
 
 async def phase_kills(stack: Stack, s: Settings) -> Phase:
-    environment = stack._environment(stack.database_url_in_use)
+    environment = stack.service_environment()
     modules = {name: module for name, module, _ in SERVICES}
     rows = []
     notes: list[str] = []
@@ -415,9 +438,48 @@ async def phase_kills(stack: Stack, s: Settings) -> Phase:
     )
 
 
+async def _restart_gateway(stack: Stack, **settings: str) -> None:
+    await asyncio.to_thread(stack.stop_service, "gateway")
+    stack.start_service("gateway", "gateway", {**stack.service_environment(), **settings})
+    await asyncio.to_thread(stack.wait_until_serving, "gateway", time.monotonic() + 60)
+
+
+async def phase_overload(stack: Stack, s: Settings) -> Phase:
+    rows = []
+    for label, limit in OVERLOAD_LIMITS:
+        await _restart_gateway(stack, GATEWAY_MAX_IN_FLIGHT=str(limit))
+        load = Load()
+        task = asyncio.create_task(run_load(stack.gateway_target, load, OVERLOAD_CLIENTS))
+        await asyncio.sleep(s.overload_s)
+        load.stop.set()
+        await task
+        statuses = Counter(c.status for c in load.calls)
+        p50, p99 = _percentiles(load.calls)
+        rows.append(
+            Row(
+                label,
+                len(load.calls),
+                _fmt_counts(statuses),
+                p50,
+                p99,
+                check=f"{statuses['OK'] / s.overload_s:.1f} successful calls/s",
+                verdict=_verdict(set(statuses) <= {"OK", "RESOURCE_EXHAUSTED"}),
+            )
+        )
+    await _restart_gateway(stack)  # back to the defaults
+    return Phase(
+        f"5. overload: {OVERLOAD_CLIENTS} clients, {s.overload_s:.0f} s each, deadline {DEADLINE_S:.0f} s",
+        rows,
+        [
+            "p50/p99 of the successful calls; a refused client waits as long as the gateway's retry hint",
+            "criterion: only OK and RESOURCE_EXHAUSTED (a DEADLINE_EXCEEDED is a call queued too long)",
+        ],
+    )
+
+
 def _restart_postgres(stack: Stack) -> list[str]:
     """pg_ctl stop, then start as pgserver does; returns the failed start attempts (retried, 3 at most)."""
-    postgres = stack._postgres
+    postgres = stack.embedded_postgres
     postgres.stop()
     time.sleep(OUTAGE_S)
     failures = []
@@ -440,7 +502,7 @@ async def phase_postgres(stack: Stack, s: Settings) -> Phase:
     down = time.monotonic()
     start_failures = await asyncio.to_thread(_restart_postgres, stack)
     ready = time.monotonic()
-    same_uri = str(stack._postgres.get_uri()) == uri
+    same_uri = str(stack.embedded_postgres.get_uri()) == uri
     await asyncio.sleep(s.kill_window_s - 2.0)
     load.stop.set()
     await task
@@ -603,7 +665,7 @@ async def _until_stored(conn: asyncpg.Connection, ns: str, count: float, task: a
 
 async def phase_ingest(stack: Stack, s: Settings) -> Phase:
     docs = documents("doc", s.documents, seed=7)
-    environment = stack._environment(stack.database_url_in_use)
+    environment = stack.service_environment()
     modules = {name: module for name, module, _ in SERVICES}
     rows = []
     notes = []
@@ -714,6 +776,7 @@ async def run_phases(stack: Stack, s: Settings, only: set[str]) -> list[Phase]:
         ("kills", phase_kills),
         ("postgres", phase_postgres),
         ("ingest", phase_ingest),
+        ("overload", phase_overload),
     ):
         if only and name not in only:
             continue
@@ -756,16 +819,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="15 s of load, 200 documents")
+    parser.add_argument("--quick", action="store_true", help="15 s of load, 200 documents, 10 s per overload")
     parser.add_argument("--load", type=float, help="seconds of load in phase 1")
     parser.add_argument("--documents", type=int, help="documents per ingest in phase 4")
-    parser.add_argument("--only", nargs="*", default=[], help="phases: load kills postgres ingest")
+    parser.add_argument("--only", nargs="*", default=[], help="phases: load kills postgres ingest overload")
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
     if args.load:
-        s = Settings(args.load, s.kill_window_s, s.documents)
+        s = dataclasses.replace(s, load_s=args.load)
     if args.documents:
-        s = Settings(s.load_s, s.kill_window_s, args.documents)
+        s = dataclasses.replace(s, documents=args.documents)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="rag-bench-reliability-") as data_dir:
         ports = {name: free_port() for name in DEFAULT_PORTS}

@@ -31,6 +31,10 @@ class GatewaySettings(ServerSettings):
     keepalive_timeout_s: float = Field(10.0, gt=0)
     # Deadline for a whole call when the caller sets none.
     default_deadline_s: float = Field(60.0, gt=0)
+    # Calls worked on at once (health and reflection not counted); past it a
+    # call is refused at once with RESOURCE_EXHAUSTED and a retry hint. About
+    # what the services behind one gateway serve without queueing long.
+    max_in_flight: int = Field(64, ge=1)
     default_top_k: int = Field(5, ge=1, le=100)
     max_question_chars: int = Field(4000, ge=1)
     max_documents_per_request: int = Field(256, ge=1)

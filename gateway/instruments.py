@@ -41,6 +41,17 @@ def record_ingest(results: Sequence[gateway_pb2.DocumentResult]) -> None:
         ingest_chunks.add(result.chunk_count, status)
 
 
+shed = _meter.create_counter(
+    "rag.gateway.shed",
+    unit="{call}",
+    description="Calls refused with RESOURCE_EXHAUSTED because GATEWAY_MAX_IN_FLIGHT were in flight.",
+)
+
+
+def record_shed() -> None:
+    shed.add(1)
+
+
 answer_cache = _meter.create_counter(
     "rag.gateway.answer_cache.lookups",
     unit="{lookup}",

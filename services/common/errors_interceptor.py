@@ -122,6 +122,23 @@ def _wrap_streaming(
     return call
 
 
+def _checking_each_request(
+    behavior: Callable[..., AsyncIterator[Any]], method: str
+) -> Callable[..., AsyncIterator[Any]]:
+    """For bidi handlers: each message of the request stream is checked as the handler reads it."""
+
+    def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def decoded() -> AsyncIterator[Any]:
+            async for request in requests:
+                if request is _UNDECODABLE:
+                    await _refuse_undecodable(context, method)
+                yield request
+
+        return behavior(decoded(), context)
+
+    return call
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(
         self,
@@ -147,9 +164,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
+            bidi = cast(Callable[..., AsyncIterator[Any]], handler.stream_stream)
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), method),
-                request_deserializer=handler.request_deserializer,
+                _wrap_streaming(_checking_each_request(bidi, method), method),
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -438,6 +438,7 @@ CASES = [
     case("invalid UTF-8 text", "embedder", "Embed", _nested_raw(1, INVALID_UTF8)),
     case("unknown input_type", "embedder", "EmbedStream", _embed_stream(_embed("text", input_type=5))),
     case("blank text", "embedder", "EmbedStream", _embed_stream(_embed("text", " \t "))),
+    case("invalid UTF-8 text", "embedder", "EmbedStream", _nested_raw(2, _nested_raw(1, INVALID_UTF8))),
     case("max_tokens 1", "embedder", "Chunk", embedder_pb2.ChunkRequest(text="Some text.", max_tokens=1)),
     case(
         "max_tokens int32 max",

@@ -49,6 +49,8 @@ class Reply:
     events: list[dict[str, Any]] | None = None  # sent as an SSE stream
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    # When set, the reply waits until it is set (at most a minute): a call held in flight.
+    release: threading.Event | None = None
 
 
 class FakeChatServer:
@@ -86,6 +88,8 @@ class FakeChatServer:
                 fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 reply = fake.next_reply()
                 time.sleep(reply.delay_s)
+                if reply.release is not None:
+                    reply.release.wait(60)
                 # The client may have given up waiting, as the timeout test makes it.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self._send(reply)

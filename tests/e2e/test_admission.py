@@ -1,0 +1,157 @@
+"""Deliberate overload: past GATEWAY_MAX_IN_FLIGHT the gateway refuses at once with RESOURCE_EXHAUSTED.
+
+A gateway of its own, limited to two calls in flight, in front of a generator
+whose LLM (the fake chat-completions server, the real HTTP protocol) holds its
+replies until the test releases them: two Asks then stay in flight as long as
+the test wants, which makes "the gateway is full" a state, not a race.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag_cli.stack import Stack, free_port
+from tests.conftest import sample_document
+from tests.generator.test_openai_backend import FakeChatServer, Reply, completion
+
+LIMIT = 2
+QUESTION = "When does the nightly base backup run?"
+
+
+@dataclass
+class Overloadable:
+    gateway: gateway_pb2_grpc.GatewayServiceStub
+    channel: grpc.Channel
+    llm: FakeChatServer
+    release: threading.Event
+    namespace: str
+
+    def ask(self) -> grpc.Future:
+        request = gateway_pb2.AskRequest(namespace=self.namespace, question=QUESTION, skip_cache=True)
+        future: grpc.Future = self.gateway.Ask.future(request, timeout=60)
+        return future
+
+    def wait_until_llm_has(self, requests: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.llm.requests) < requests:
+            assert time.monotonic() < deadline, f"the LLM got {len(self.llm.requests)} of {requests} requests"
+            time.sleep(0.05)
+
+    def search(self) -> gateway_pb2.SearchResponse:
+        response: gateway_pb2.SearchResponse = self.gateway.Search(
+            gateway_pb2.SearchRequest(namespace=self.namespace, query=QUESTION), timeout=30
+        )
+        return response
+
+    def search_once_a_slot_is_free(self) -> gateway_pb2.SearchResponse:
+        # A slot is given back when the server has finished the call, a moment
+        # after its caller has the answer (or has cancelled).
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return self.search()
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+@pytest.fixture
+def overloadable(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory, namespace: str
+) -> Iterator[Overloadable]:
+    release = threading.Event()
+    llm = FakeChatServer()
+    llm.replies = [Reply(body=completion("The base backup runs nightly at 02:00 UTC [1]."), release=release)]
+    llm.start()
+    own = Stack(
+        data_dir=tmp_path_factory.mktemp("admission"),
+        ports={"generator": free_port(), "gateway": free_port()},
+        grace_period_s=1,
+    )
+    own.log_path("generator").parent.mkdir(parents=True)
+    environment = {
+        **os.environ,
+        "GENERATOR_PORT": str(own.ports["generator"]),
+        "GENERATOR_GRACE_PERIOD_S": "1",
+        "GENERATOR_BACKEND": "openai",
+        "GENERATOR_OPENAI_BASE_URL": llm.base_url,
+        "GENERATOR_OPENAI_MODEL": "fake-model",
+        "GATEWAY_PORT": str(own.ports["gateway"]),
+        "GATEWAY_GRACE_PERIOD_S": "1",
+        "GATEWAY_MAX_IN_FLIGHT": str(LIMIT),
+        "GATEWAY_EMBEDDER_TARGET": stack.target("embedder"),
+        "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
+        "GATEWAY_GENERATOR_TARGET": own.target("generator"),
+    }
+    try:
+        deadline = time.monotonic() + 60
+        for name, module in (("generator", "services.generator"), ("gateway", "gateway")):
+            own.start_service(name, module, environment)
+            own.wait_until_serving(name, deadline)
+        with grpc.insecure_channel(own.gateway_target) as channel:
+            gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+            gateway.IngestDocuments(
+                gateway_pb2.IngestDocumentsRequest(
+                    namespace=namespace, documents=[sample_document("postgres-backup-runbook.md")]
+                )
+            )
+            yield Overloadable(gateway, channel, llm, release, namespace)
+    finally:
+        release.set()  # no reply left hanging in the fake
+        own.stop()
+        llm.stop()
+
+
+def test_past_the_limit_calls_are_refused_at_once_with_a_retry_hint_and_probes_still_answer(
+    overloadable: Overloadable,
+) -> None:
+    held = [overloadable.ask() for _ in range(LIMIT)]
+    overloadable.wait_until_llm_has(LIMIT)
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as refused:
+        overloadable.search()
+    refused_in_s = time.monotonic() - started
+    health = health_pb2_grpc.HealthStub(overloadable.channel).Check(
+        health_pb2.HealthCheckRequest(), timeout=5
+    )
+
+    overloadable.release.set()
+    answers = [future.result() for future in held]
+    after = overloadable.search_once_a_slot_is_free()
+
+    error = refused.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "GATEWAY_MAX_IN_FLIGHT" in error.details()
+    assert refused_in_s < 5, "refused at once, not queued"
+    trailing = dict(error.trailing_metadata())
+    assert int(trailing["grpc-retry-pushback-ms"]) > 0
+    status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+    retry = error_details_pb2.RetryInfo()
+    assert [detail.Unpack(retry) for detail in status.details] == [True]
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert all("02:00" in answer.answer for answer in answers), "the admitted calls were served"
+    assert after.hits, "the slots were given back"
+
+
+def test_a_cancelled_call_gives_its_slot_back(overloadable: Overloadable) -> None:
+    held = [overloadable.ask() for _ in range(LIMIT)]
+    overloadable.wait_until_llm_has(LIMIT)
+
+    held[0].cancel()
+    served_while_one_is_held = overloadable.search_once_a_slot_is_free()
+    overloadable.release.set()
+
+    assert served_while_one_is_held.hits
+    assert held[1].result().answer
