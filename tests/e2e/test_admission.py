@@ -8,7 +8,6 @@ the test wants, which makes "the gateway is full" a state, not a race.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +19,9 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag_cli.stack import Stack, free_port
+from rag_cli.stack import Stack
 from tests.conftest import sample_document
+from tests.e2e.conftest import gateway_with_openai_generator
 from tests.generator.test_openai_backend import FakeChatServer, Reply, completion
 
 LIMIT = 2
@@ -74,32 +74,17 @@ def overloadable(
     llm = FakeChatServer()
     llm.replies = [Reply(body=completion("The base backup runs nightly at 02:00 UTC [1]."), release=release)]
     llm.start()
-    own = Stack(
-        data_dir=tmp_path_factory.mktemp("admission"),
-        ports={"generator": free_port(), "gateway": free_port()},
-        grace_period_s=1,
-    )
-    own.log_path("generator").parent.mkdir(parents=True)
-    environment = {
-        **os.environ,
-        "GENERATOR_PORT": str(own.ports["generator"]),
-        "GENERATOR_GRACE_PERIOD_S": "1",
-        "GENERATOR_BACKEND": "openai",
-        "GENERATOR_OPENAI_BASE_URL": llm.base_url,
-        "GENERATOR_OPENAI_MODEL": "fake-model",
-        "GATEWAY_PORT": str(own.ports["gateway"]),
-        "GATEWAY_GRACE_PERIOD_S": "1",
-        "GATEWAY_MAX_IN_FLIGHT": str(LIMIT),
-        "GATEWAY_EMBEDDER_TARGET": stack.target("embedder"),
-        "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
-        "GATEWAY_GENERATOR_TARGET": own.target("generator"),
-    }
     try:
-        deadline = time.monotonic() + 60
-        for name, module in (("generator", "services.generator"), ("gateway", "gateway")):
-            own.start_service(name, module, environment)
-            own.wait_until_serving(name, deadline)
-        with grpc.insecure_channel(own.gateway_target) as channel:
+        with (
+            gateway_with_openai_generator(
+                stack,
+                tmp_path_factory.mktemp("admission"),
+                llm.base_url,
+                GENERATOR_OPENAI_MODEL="fake-model",
+                GATEWAY_MAX_IN_FLIGHT=str(LIMIT),
+            ) as own,
+            grpc.insecure_channel(own.gateway_target) as channel,
+        ):
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
             gateway.IngestDocuments(
                 gateway_pb2.IngestDocumentsRequest(
@@ -109,7 +94,6 @@ def overloadable(
             yield Overloadable(gateway, channel, llm, release, namespace)
     finally:
         release.set()  # no reply left hanging in the fake
-        own.stop()
         llm.stop()
 
 

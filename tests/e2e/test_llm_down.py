@@ -7,8 +7,6 @@ stack's own gateway, whose generator (extractive) is fine.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -18,6 +16,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
 from rag_cli.stack import Stack, free_port
 from tests.conftest import sample_document
+from tests.e2e.conftest import gateway_with_openai_generator
 
 DOCUMENT = "postgres-backup-runbook.md"
 QUESTION = "When does the nightly base backup run?"
@@ -30,34 +29,14 @@ DEADLINE_S = 60
 @pytest.fixture(scope="module")
 def llm_down_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The target of a gateway whose generator's LLM server is down."""
-    own = Stack(
-        data_dir=tmp_path_factory.mktemp("llm-down"),
-        ports={"generator": free_port(), "gateway": free_port()},
-        grace_period_s=2,
-    )
-    own.log_path("generator").parent.mkdir(parents=True)
-    environment = {
-        **os.environ,
-        "GENERATOR_PORT": str(own.ports["generator"]),
-        "GENERATOR_GRACE_PERIOD_S": "2",
-        "GENERATOR_BACKEND": "openai",
-        "GENERATOR_OPENAI_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
-        "GENERATOR_OPENAI_MODEL": "smollm2-135m-instruct",
-        "GENERATOR_OPENAI_MAX_RETRIES": "1",
-        "GATEWAY_PORT": str(own.ports["gateway"]),
-        "GATEWAY_GRACE_PERIOD_S": "2",
-        "GATEWAY_EMBEDDER_TARGET": stack.target("embedder"),
-        "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
-        "GATEWAY_GENERATOR_TARGET": own.target("generator"),
-    }
-    try:
-        deadline = time.monotonic() + 60
-        for name, module in (("generator", "services.generator"), ("gateway", "gateway")):
-            own.start_service(name, module, environment)
-            own.wait_until_serving(name, deadline)
+    with gateway_with_openai_generator(
+        stack,
+        tmp_path_factory.mktemp("llm-down"),
+        f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+        GENERATOR_OPENAI_MODEL="smollm2-135m-instruct",
+        GENERATOR_OPENAI_MAX_RETRIES="1",
+    ) as own:
         yield own.gateway_target
-    finally:
-        own.stop()
 
 
 @pytest.fixture
