@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import ServiceError
+from services.common.handlers import rewrapped
 from services.common.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callabl
 def _wrap_streaming(
     behavior: Callable[..., AsyncIterator[Any]], method: str
 ) -> Callable[..., AsyncIterator[Any]]:
-    """For handlers that answer with a stream; `request` is one message or, for bidi calls, an iterator."""
+    """For handlers that answer with a stream; `request` is one message or, for bidi calls, a stream."""
 
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         if request is _UNDECODABLE:
             await _refuse_undecodable(context, method)
+        if isinstance(request, AsyncIterator):
+            request = _checking_each(request, context, method)
         try:
             async for response in behavior(request, context):
                 yield response
@@ -122,21 +125,14 @@ def _wrap_streaming(
     return call
 
 
-def _checking_each_request(
-    behavior: Callable[..., AsyncIterator[Any]], method: str
-) -> Callable[..., AsyncIterator[Any]]:
-    """For bidi handlers: each message of the request stream is checked as the handler reads it."""
-
-    def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async def decoded() -> AsyncIterator[Any]:
-            async for request in requests:
-                if request is _UNDECODABLE:
-                    await _refuse_undecodable(context, method)
-                yield request
-
-        return behavior(decoded(), context)
-
-    return call
+async def _checking_each(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> AsyncIterator[Any]:
+    """A bidi call's requests, each checked as the handler reads it."""
+    async for request in requests:
+        if request is _UNDECODABLE:
+            await _refuse_undecodable(context, method)
+        yield request
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -149,25 +145,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                # Our servicers' streaming handlers are async generators; the
-                # stubs only know the sync server's iterator type.
-                _wrap_streaming(cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            bidi = cast(Callable[..., AsyncIterator[Any]], handler.stream_stream)
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(_checking_each_request(bidi, method), method),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrapped(
+            handler,
+            wrap_unary=lambda behavior: _wrap_unary(behavior, method),
+            wrap_streaming=lambda behavior: _wrap_streaming(behavior, method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+        )

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from opentelemetry import metrics
 
+from services.common.handlers import rewrapped
 from services.common.metrics import LATENCY_BUCKETS_S
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -105,33 +106,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return handler
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         attributes = {"rpc.service": service, "rpc.method": method}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, attributes),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, attributes),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                # Async generators here; the stubs only know the sync server's iterator type.
-                self._wrap_streaming(
-                    cast(Callable[..., AsyncIterator[Any]], handler.unary_stream), attributes
-                ),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_streaming(
-                    cast(Callable[..., AsyncIterator[Any]], handler.stream_stream), attributes
-                ),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrapped(
+            handler,
+            wrap_unary=lambda behavior: self._wrap_unary(behavior, attributes),
+            wrap_streaming=lambda behavior: self._wrap_streaming(behavior, attributes),
+        )
