@@ -33,6 +33,8 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 
+from services.common.telemetry import exporter_names, otlp_protocol
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMETHEUS_PORT = 9464
@@ -81,10 +83,9 @@ def setup_metrics(resource: Resource) -> MetricsExport:
     Instruments created earlier through metrics.get_meter() (module-level ones)
     start recording into it from now on.
     """
-    names = [n.strip() for n in os.environ.get("OTEL_METRICS_EXPORTER", "none").split(",") if n.strip()]
     readers: list[MetricReader] = []
     http_server = None
-    for name in names:
+    for name in exporter_names("OTEL_METRICS_EXPORTER"):
         if name == "prometheus":
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
@@ -115,20 +116,13 @@ def _start_prometheus_server() -> WSGIServer:
 
 
 def _otlp_exporter() -> MetricExporter:
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
-    )
-    if protocol == "grpc":
+    if otlp_protocol("METRICS") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
         return OTLPMetricExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpExporter,
-        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
 
-        return HttpExporter()
-    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol!r}; use grpc or http/protobuf")
+    return HttpExporter()
 
 
 def namespace_of(service_name: str) -> str:

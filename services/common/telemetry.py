@@ -28,10 +28,24 @@ def setup_tracing(default_service_name: str) -> TracerProvider:
     return provider
 
 
+def exporter_names(variable: str) -> list[str]:
+    """The exporters an OTEL_<SIGNAL>_EXPORTER variable names, comma-separated; unset means none."""
+    return [name.strip() for name in os.environ.get(variable, "none").split(",") if name.strip()]
+
+
+def otlp_protocol(signal: str) -> str:
+    """OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else grpc; checked."""
+    protocol = os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    )
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol!r}; use grpc or http/protobuf")
+    return protocol
+
+
 def _exporters_from_env() -> list[SpanExporter]:
-    names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
     exporters: list[SpanExporter] = []
-    for name in names:
+    for name in exporter_names("OTEL_TRACES_EXPORTER"):
         if name == "otlp":
             exporters.append(_otlp_exporter())
         elif name == "console":
@@ -44,18 +58,13 @@ def _exporters_from_env() -> list[SpanExporter]:
 
 
 def _otlp_exporter() -> SpanExporter:
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
-    )
-    if protocol == "grpc":
+    if otlp_protocol("TRACES") == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-        return HttpExporter()
-    raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported {protocol!r}; use grpc or http/protobuf")
+    return HttpExporter()
 
 
 class _TraceContextFilter(logging.Filter):
