@@ -12,6 +12,7 @@ import pytest
 from rag_cli.stack import Stack
 from services.common.metrics import namespace_of
 from services.common.metrics_interceptor import final_status
+from services.common.telemetry import exporter_names, otlp_protocol
 
 
 def test_namespace_is_the_proto_package_without_its_version() -> None:
@@ -58,3 +59,27 @@ def test_stack_turns_prometheus_on_only_for_processes_given_a_port(tmp_path: Pat
         stack._metrics_environment("embedder", {"OTEL_METRICS_EXPORTER": "none"})["OTEL_METRICS_EXPORTER"]
         == "prometheus"
     )
+
+
+def test_exporter_names_are_comma_separated_and_unset_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
+    unset = exporter_names("OTEL_METRICS_EXPORTER")
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", " prometheus, otlp ,")
+    assert unset == ["none"]
+    assert exporter_names("OTEL_METRICS_EXPORTER") == ["prometheus", "otlp"]
+
+
+def test_otlp_protocol_per_signal_wins_over_the_general_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", raising=False)
+    default = otlp_protocol("TRACES")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc")
+
+    assert default == "grpc"
+    assert otlp_protocol("TRACES") == "http/protobuf"
+    assert otlp_protocol("METRICS") == "grpc"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ValueError, match="use grpc or http/protobuf"):
+        otlp_protocol("TRACES")
