@@ -116,6 +116,14 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(args: argparse.Namespace, *words: str) -> argparse.Namespace:
+    """Another command's arguments, parsed as on the command line with this one's global options."""
+    options = ["--gateway", args.gateway, "--namespace", args.namespace, "--timeout", str(args.timeout)]
+    if args.api_key:
+        options += ["--api-key", args.api_key]
+    return _parser().parse_args([*options, *words])
+
+
 def up(args: argparse.Namespace) -> int:
     """Starts everything, ingests the samples, answers one question, serves until Ctrl-C."""
     import signal
@@ -140,18 +148,17 @@ def up(args: argparse.Namespace) -> int:
     # ignores SIGINT for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with stack:
-        print(f"gateway serving on {stack.gateway_target}")
-        for name in metrics_ports:
-            print(f"{name} metrics on {stack.metrics_url(name)}")
-        args.gateway = stack.gateway_target
-        if args.samples:
-            args.paths, args.batch_size = [args.samples], 16
-            ingest(args)
-            args.question, args.top_k, args.mode = DEMO_QUESTION, None, None
-            print(f"\nQ: {DEMO_QUESTION}\n")
-            ask(args)
-        print("\nserving; press Ctrl-C to stop")
+        # Ctrl-C at any point from here on, the demo included, goes straight to stopping.
         with contextlib.suppress(KeyboardInterrupt):
+            print(f"gateway serving on {stack.gateway_target}")
+            for name in metrics_ports:
+                print(f"{name} metrics on {stack.metrics_url(name)}")
+            args.gateway = stack.gateway_target
+            if args.samples:
+                ingest(_command(args, "ingest", args.samples))
+                print(f"\nQ: {DEMO_QUESTION}\n")
+                ask(_command(args, "ask", DEMO_QUESTION))
+            print("\nserving; press Ctrl-C to stop")
             stopped.wait()
         # A second Ctrl-C must not cut the services' graceful stop short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,66 @@
+"""`rag up`, the README's first command: the system from nothing, a question answered, Ctrl-C stops it.
+
+It runs as a user runs it: a process of its own with its own embedded
+PostgreSQL and the four services on their default ports.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+SERVING = "serving; press Ctrl-C to stop"
+
+
+def read_lines(stream: IO[str], into: queue.Queue[str]) -> None:
+    for line in stream:
+        into.put(line)
+
+
+def output_until(
+    process: subprocess.Popen[str], lines: queue.Queue[str], marker: str, within_s: float
+) -> str:
+    deadline, seen = time.monotonic() + within_s, []
+    while not any(marker in line for line in seen):
+        assert time.monotonic() < deadline, f"no {marker!r} within {within_s} s:\n{''.join(seen)}"
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert process.poll() is None, f"exited {process.returncode} before {marker!r}:\n{''.join(seen)}"
+    return "".join(seen)
+
+
+def test_rag_up_ingests_the_samples_answers_with_sources_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rag_cli.main", "up", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stdout, lines), daemon=True).start()
+    try:
+        started = output_until(process, lines, SERVING, within_s=240)
+        process.send_signal(signal.SIGINT)
+        stopped = output_until(process, lines, "stopped", within_s=60)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert "ingested 4 documents into 'default'" in started
+    assert "Q: When do the nightly PostgreSQL backups run?" in started
+    assert "02:00 UTC" in started, "the answer holds the time from the runbook"
+    assert "Sources:" in started
+    assert "postgres-backup-runbook.md" in started
+    assert "Traceback" not in started + stopped
+    assert code == 0
