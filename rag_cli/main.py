@@ -18,6 +18,7 @@ from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, keys, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
+from rag_cli.stack import DEFAULT_PORTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
@@ -129,14 +130,16 @@ def up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from rag_cli.stack import DEFAULT_PORTS, Stack
+    from rag_cli.stack import Stack
 
     # Consecutive ports in DEFAULT_PORTS' order: gateway, embedder, retriever, generator.
+    ports = {name: args.port + i for i, name in enumerate(DEFAULT_PORTS)}
     metrics_ports = (
         {name: args.metrics_port + i for i, name in enumerate(DEFAULT_PORTS)} if args.metrics_port else {}
     )
     stack = Stack(
         data_dir=Path(args.data_dir).resolve(),
+        ports=ports,
         database_url=os.environ.get("DATABASE_URL"),
         metrics_ports=metrics_ports,
     )
@@ -185,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument("--data-dir", default=str(REPO_ROOT / "var"), help="database and logs")
     command.add_argument(
         "--samples", default=str(REPO_ROOT / "samples"), help="documents to ingest first ('' for none)"
+    )
+    command.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORTS["gateway"],
+        help="gRPC: gateway on PORT, embedder PORT+1, retriever +2, generator +3 (default %(default)s)",
     )
     command.add_argument(
         "--metrics-port",

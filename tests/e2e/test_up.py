@@ -1,14 +1,19 @@
 """`rag up`, the README's first command: the system from nothing, a question answered, Ctrl-C stops it.
 
 It runs as a user runs it: a process of its own with its own embedded
-PostgreSQL and the four services on their default ports.
+PostgreSQL and the four services, on four consecutive ports below the range
+the OS hands out for port 0 and outgoing connections (32768 and up on Linux),
+so they cannot meet the session stack's ports (tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +22,22 @@ from pathlib import Path
 from typing import IO
 
 SERVING = "serving; press Ctrl-C to stop"
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` free ports in a row, below the ephemeral range."""
+    rng = random.Random()
+    for _ in range(100):
+        first = rng.randrange(20_000, 32_000)
+        try:
+            with contextlib.ExitStack() as bound:
+                for port in range(first, first + count):
+                    probe = bound.enter_context(socket.socket())
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} free ports in a row between 20000 and 32000")
 
 
 def read_lines(stream: IO[str], into: queue.Queue[str]) -> None:
@@ -38,8 +59,9 @@ def output_until(
 
 
 def test_rag_up_ingests_the_samples_answers_with_sources_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = consecutive_free_ports(4)
     process = subprocess.Popen(
-        [sys.executable, "-m", "rag_cli.main", "up", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "rag_cli.main", "up", "--data-dir", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -57,6 +79,7 @@ def test_rag_up_ingests_the_samples_answers_with_sources_and_stops_on_ctrl_c(tmp
             process.kill()
             process.wait()
 
+    assert f"gateway serving on 127.0.0.1:{port}" in started
     assert "ingested 4 documents into 'default'" in started
     assert "Q: When do the nightly PostgreSQL backups run?" in started
     assert "02:00 UTC" in started, "the answer holds the time from the runbook"
