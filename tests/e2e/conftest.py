@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from rag_cli.stack import Stack, free_port
+from rag_cli.stack import Stack
 
 ChunkReader = Callable[[str], dict[str, list[str]]]
 
@@ -82,37 +79,3 @@ def dataset_dir(tmp_path: Path) -> Path:
     qrels = "".join(f"{q}\t{d}\t{score}\n" for q, d, score in QRELS)
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
     return folder
-
-
-@contextmanager
-def gateway_with_openai_generator(
-    stack: Stack, data_dir: Path, llm_base_url: str, **settings: str
-) -> Iterator[Stack]:
-    """A generator on the openai backend, pointed at llm_base_url, and a gateway of its own in front.
-
-    The gateway uses the session stack's embedder and retriever; `settings` adds
-    to or overrides both processes' environment.
-    """
-    own = Stack(data_dir=data_dir, ports={"generator": free_port(), "gateway": free_port()}, grace_period_s=2)
-    own.log_path("generator").parent.mkdir(parents=True)
-    environment = {
-        **os.environ,
-        "GENERATOR_PORT": str(own.ports["generator"]),
-        "GENERATOR_GRACE_PERIOD_S": "2",
-        "GENERATOR_BACKEND": "openai",
-        "GENERATOR_OPENAI_BASE_URL": llm_base_url,
-        "GATEWAY_PORT": str(own.ports["gateway"]),
-        "GATEWAY_GRACE_PERIOD_S": "2",
-        "GATEWAY_EMBEDDER_TARGET": stack.target("embedder"),
-        "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
-        "GATEWAY_GENERATOR_TARGET": own.target("generator"),
-        **settings,
-    }
-    try:
-        deadline = time.monotonic() + 60
-        for name, module in (("generator", "services.generator"), ("gateway", "gateway")):
-            own.start_service(name, module, environment)
-            own.wait_until_serving(name, deadline)
-        yield own
-    finally:
-        own.stop()

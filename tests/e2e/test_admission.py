@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.stack import Stack
 from tests.conftest import sample_document
-from tests.e2e.conftest import gateway_with_openai_generator
+from tests.e2e.replicas import gateway_with_openai_generator
 from tests.generator.test_openai_backend import FakeChatServer, Reply, completion
 
 LIMIT = 2
@@ -82,8 +82,8 @@ def overloadable(
                 llm.base_url,
                 GENERATOR_OPENAI_MODEL="fake-model",
                 GATEWAY_MAX_IN_FLIGHT=str(LIMIT),
-            ) as own,
-            grpc.insecure_channel(own.gateway_target) as channel,
+            ) as target,
+            grpc.insecure_channel(target) as channel,
         ):
             gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
             gateway.IngestDocuments(

@@ -26,7 +26,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from rag_cli.main import main
 from rag_cli.stack import Stack
-from tests.e2e.test_scale_out import Replicas
+from tests.e2e.replicas import Replicas
 from tests.otlp_receiver import OtlpReceiver
 
 NAME = "gateway-auth"

@@ -16,7 +16,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
 from rag_cli.stack import Stack, free_port
 from tests.conftest import sample_document
-from tests.e2e.conftest import gateway_with_openai_generator
+from tests.e2e.replicas import gateway_with_openai_generator
 
 DOCUMENT = "postgres-backup-runbook.md"
 QUESTION = "When does the nightly base backup run?"
@@ -35,8 +35,8 @@ def llm_down_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
         f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
         GENERATOR_OPENAI_MODEL="smollm2-135m-instruct",
         GENERATOR_OPENAI_MAX_RETRIES="1",
-    ) as own:
-        yield own.gateway_target
+    ) as target:
+        yield target
 
 
 @pytest.fixture

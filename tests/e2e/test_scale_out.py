@@ -6,7 +6,6 @@ starts a trace of its own, so the spans tell which replica served which call.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections import Counter
@@ -19,68 +18,17 @@ import grpc
 import pytest
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag_cli.stack import Stack, free_port
+from rag_cli.stack import Stack
 from tests.conftest import sample_document
+from tests.e2e.replicas import Replicas
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
-MODULES = {"embedder": "services.embedder", "retriever": "services.retriever", "gateway": "gateway"}
 # The server span each Search leaves in a replica.
 SERVER_SPANS = {
     "embedder": "/rag.embedder.v1.EmbedderService/Embed",
     "retriever": "/rag.retriever.v1.RetrieverService/Search",
 }
 CALLS = 40
-
-
-class Replicas:
-    """Service processes of a test's own, named '<service>-<replica>', beside the session stack."""
-
-    def __init__(self, session: Stack, data_dir: Path) -> None:
-        self._session = session
-        self._ports: dict[str, int] = {}
-        self._started: list[str] = []
-        # A Stack without start(): only its process bookkeeping (start, wait for SERVING, stop).
-        self._processes = Stack(data_dir=data_dir, ports=self._ports, grace_period_s=1.0)
-        self._processes.log_path("any").parent.mkdir(parents=True)
-
-    def start(self, names: Sequence[str], **env: str) -> None:
-        for name in names:
-            service = name.split("-")[0]
-            self._ports[name] = free_port()
-            environment = {
-                **os.environ,
-                **self._session.env,  # OTEL_* towards the session's OTLP receiver
-                "DATABASE_URL": self._session.database_url_in_use,
-                "HF_HUB_OFFLINE": "1",
-                f"{service.upper()}_PORT": str(self._ports[name]),
-                f"{service.upper()}_GRACE_PERIOD_S": "1",
-                "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={name}",
-                **env,
-            }
-            self._processes.start_service(name, MODULES[service], environment)
-            self._started.append(name)
-        deadline = time.monotonic() + 180
-        for name in names:
-            self._processes.wait_until_serving(name, deadline)
-
-    def target(self, name: str) -> str:
-        return self._processes.target(name)
-
-    def targets(self, *names: str) -> str:
-        """One gRPC target listing every replica: the ipv4: scheme takes comma-separated addresses."""
-        return "ipv4:" + ",".join(f"127.0.0.1:{self._ports[name]}" for name in names)
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        return "\n".join(self._processes.log_path(name).read_text().splitlines()[-lines:])
-
-    def kill(self, name: str) -> None:
-        process = self._processes.process(name)
-        process.kill()
-        process.wait()
-
-    def stop(self) -> None:
-        for name in reversed(self._started):
-            self._processes.stop_service(name)
 
 
 @pytest.fixture

@@ -1,0 +1,98 @@
+"""Service processes of a test's own, beside the session stack and sharing its database and telemetry."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from rag_cli.stack import Stack, free_port
+
+MODULES = {
+    "embedder": "services.embedder",
+    "retriever": "services.retriever",
+    "generator": "services.generator",
+    "gateway": "gateway",
+}
+
+
+class Replicas:
+    """Service processes of a test's own, named '<service>-<replica>', beside the session stack."""
+
+    def __init__(self, session: Stack, data_dir: Path) -> None:
+        self._session = session
+        self._ports: dict[str, int] = {}
+        self._started: list[str] = []
+        # A Stack without start(): only its process bookkeeping (start, wait for SERVING, stop).
+        self._processes = Stack(data_dir=data_dir, ports=self._ports, grace_period_s=1.0)
+        self._processes.log_path("any").parent.mkdir(parents=True)
+
+    def start(self, names: Sequence[str], **env: str) -> None:
+        for name in names:
+            service = name.split("-")[0]
+            self._ports[name] = free_port()
+            environment = {
+                **os.environ,
+                **self._session.env,  # OTEL_* towards the session's OTLP receiver
+                "DATABASE_URL": self._session.database_url_in_use,
+                "HF_HUB_OFFLINE": "1",
+                f"{service.upper()}_PORT": str(self._ports[name]),
+                f"{service.upper()}_GRACE_PERIOD_S": "1",
+                "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={name}",
+                **env,
+            }
+            self._processes.start_service(name, MODULES[service], environment)
+            self._started.append(name)
+        deadline = time.monotonic() + 180
+        for name in names:
+            self._processes.wait_until_serving(name, deadline)
+
+    def target(self, name: str) -> str:
+        return self._processes.target(name)
+
+    def targets(self, *names: str) -> str:
+        """One gRPC target listing every replica: the ipv4: scheme takes comma-separated addresses."""
+        return "ipv4:" + ",".join(f"127.0.0.1:{self._ports[name]}" for name in names)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        return "\n".join(self._processes.log_path(name).read_text().splitlines()[-lines:])
+
+    def kill(self, name: str) -> None:
+        process = self._processes.process(name)
+        process.kill()
+        process.wait()
+
+    def stop(self) -> None:
+        for name in reversed(self._started):
+            self._processes.stop_service(name)
+
+
+@contextmanager
+def gateway_with_openai_generator(
+    stack: Stack, data_dir: Path, llm_base_url: str, **settings: str
+) -> Iterator[str]:
+    """The target of a gateway of its own, in front of a generator on the openai backend at llm_base_url.
+
+    The gateway uses the session stack's embedder and retriever; `settings` adds
+    to or overrides both processes' environment.
+    """
+    processes = Replicas(stack, data_dir)
+    try:
+        processes.start(
+            ["generator-openai"],
+            GENERATOR_BACKEND="openai",
+            GENERATOR_OPENAI_BASE_URL=llm_base_url,
+            **settings,
+        )
+        processes.start(
+            ["gateway-openai"],
+            GATEWAY_EMBEDDER_TARGET=stack.target("embedder"),
+            GATEWAY_RETRIEVER_TARGET=stack.target("retriever"),
+            GATEWAY_GENERATOR_TARGET=processes.target("generator-openai"),
+            **settings,
+        )
+        yield processes.target("gateway-openai")
+    finally:
+        processes.stop()
