@@ -18,7 +18,7 @@ from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, keys, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
-from rag_cli.stack import DEFAULT_PORTS
+from rag_cli.stack import DEFAULT_PORTS, Stack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
@@ -125,21 +125,20 @@ def _command(args: argparse.Namespace, *words: str) -> argparse.Namespace:
     return _parser().parse_args([*options, *words])
 
 
+def _consecutive_ports(first: int) -> dict[str, int]:
+    """first, first+1, ... in DEFAULT_PORTS' order: gateway, embedder, retriever, generator."""
+    return {name: first + i for i, name in enumerate(DEFAULT_PORTS)}
+
+
 def up(args: argparse.Namespace) -> int:
     """Starts everything, ingests the samples, answers one question, serves until Ctrl-C."""
     import signal
     import threading
 
-    from rag_cli.stack import Stack
-
-    # Consecutive ports in DEFAULT_PORTS' order: gateway, embedder, retriever, generator.
-    ports = {name: args.port + i for i, name in enumerate(DEFAULT_PORTS)}
-    metrics_ports = (
-        {name: args.metrics_port + i for i, name in enumerate(DEFAULT_PORTS)} if args.metrics_port else {}
-    )
+    metrics_ports = _consecutive_ports(args.metrics_port) if args.metrics_port else {}
     stack = Stack(
         data_dir=Path(args.data_dir).resolve(),
-        ports=ports,
+        ports=_consecutive_ports(args.port),
         database_url=os.environ.get("DATABASE_URL"),
         metrics_ports=metrics_ports,
     )
