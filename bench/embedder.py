@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import json
 import os
 import platform
 import random
@@ -77,6 +76,8 @@ from sentence_transformers import SentenceTransformer
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
+from rag_cli import beir
+from rag_cli.beir import CorpusDocument
 from rag_cli.stack import DEFAULT_PORTS, Stack, free_port
 from services.embedder.chunking import TokenChunker
 from services.embedder.config import EmbedderSettings
@@ -144,37 +145,26 @@ QUICK = Settings(
 
 
 @dataclass(frozen=True)
-class Document:
-    id: str
-    title: str
-    text: str
-
-
-@dataclass(frozen=True)
 class Texts:
     source: str
     short: list[str]  # distinct, shuffled
-    documents: list[Document]  # the ones ingested, whose chunks are the chunk texts
-    warmup_documents: list[Document]
+    documents: list[CorpusDocument]  # the ones ingested, whose chunks are the chunk texts
+    warmup_documents: list[CorpusDocument]
 
 
 def load_texts(data: Path, documents: int) -> Texts:
     if not (data / "corpus.jsonl").exists():
         _log(f"no SciFact corpus in {data}: generating the texts")
         return generated_texts(documents)
-    corpus = [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines()]
-    claims = [json.loads(line)["text"] for line in (data / "queries.jsonl").read_text().splitlines()]
-    titles = [row["title"] for row in corpus]
-    sentences = [s for row in corpus for s in re.split(r"(?<=[.!?])\s+", row["text"])]
+    corpus = beir.read_corpus(data / "corpus.jsonl")
+    claims = list(beir.read_queries(data / "queries.jsonl").values())
+    titles = [document.title for document in corpus]
+    sentences = [s for document in corpus for s in re.split(r"(?<=[.!?])\s+", document.text)]
     low, high = SHORT_WORDS
     short = [t.strip() for t in (*claims, *titles, *sentences) if low <= len(t.split()) <= high]
     short = list(dict.fromkeys(short))
     random.Random(SEED).shuffle(short)
-    long = [
-        Document(row["_id"], row["title"], row["text"])
-        for row in corpus
-        if len(row["text"].split()) >= MIN_DOCUMENT_WORDS
-    ]
+    long = [document for document in corpus if len(document.text.split()) >= MIN_DOCUMENT_WORDS]
     return Texts(f"SciFact ({data})", short, long[:documents], long[documents : documents + 2])
 
 
@@ -196,7 +186,7 @@ def generated_texts(documents: int) -> Texts:
 
     short = list(dict.fromkeys(sentence(*SHORT_WORDS) for _ in range(30_000)))
     docs = [
-        Document(f"gen-{i}", sentence(5, 12), " ".join(sentence(8, 24) for _ in range(20)))
+        CorpusDocument(f"gen-{i}", sentence(5, 12), " ".join(sentence(8, 24) for _ in range(20)))
         for i in range(documents + 2)
     ]
     return Texts("generated", short, docs[:documents], docs[documents:])
@@ -650,7 +640,7 @@ class Ingested:
     stage_ms: dict[str, float]  # the gateway's stage timings, summed over the calls
 
 
-def _document(document: Document) -> gateway_pb2.Document:
+def _document(document: CorpusDocument) -> gateway_pb2.Document:
     return gateway_pb2.Document(id=document.id, title=document.title, text=document.text)
 
 
@@ -665,7 +655,7 @@ async def ingest_calls(stack: Stack, texts: Texts, namespace: str, reference: Re
     async with _channel(stack.gateway_target) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
 
-        async def call(documents: list[Document], into: str) -> gateway_pb2.IngestDocumentsResponse:
+        async def call(documents: list[CorpusDocument], into: str) -> gateway_pb2.IngestDocumentsResponse:
             request = gateway_pb2.IngestDocumentsRequest(
                 namespace=into, documents=[_document(d) for d in documents]
             )
@@ -677,7 +667,7 @@ async def ingest_calls(stack: Stack, texts: Texts, namespace: str, reference: Re
         # Untimed: the first ingest opens the retriever's pool and the embedder's first stream.
         await call(texts.warmup_documents, f"{namespace}-warmup")
 
-        async def one_round(documents: list[Document]) -> None:
+        async def one_round(documents: list[CorpusDocument]) -> None:
             nonlocal created
             meter = CpuMeter({**processes, "bench": BENCH})
             started = time.perf_counter()
