@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from gateway.upstream import ChannelPolicy
 from services.common.channel_config import LbPolicy
+from services.common.limits import MAX_QUESTION_CHARS, MAX_TOP_K
 from services.common.settings import MiB, ServerSettings
 from services.common.tls import ClientTls, TlsConfigError, check_pair
 
@@ -35,8 +36,9 @@ class GatewaySettings(ServerSettings):
     # call is refused at once with RESOURCE_EXHAUSTED and a retry hint. About
     # what the services behind one gateway serve without queueing long.
     max_in_flight: int = Field(64, ge=1)
-    default_top_k: int = Field(5, ge=1, le=100)
-    max_question_chars: int = Field(4000, ge=1)
+    default_top_k: int = Field(5, ge=1, le=MAX_TOP_K)
+    # At most what the generator accepts: a longer question would be refused there after the search.
+    max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
     max_documents_per_request: int = Field(256, ge=1)
     max_document_bytes: int = Field(10 * MiB, ge=1)
     # Chunk texts per batch of an ingest's embedding stream (one EmbedStream call per ingest).

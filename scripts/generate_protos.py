@@ -24,8 +24,13 @@ OUTPUT_ROOT = ROOT / "gen" / "python"
 def generate(output: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     well_known = resources.files("grpc_tools") / "_proto"
+    # mypy-protobuf's plugins are installed beside this interpreter; protoc would
+    # otherwise look for them on PATH, which need not hold the virtualenv.
+    scripts = Path(sys.executable).parent
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={scripts / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={scripts / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
         f"--python_out={output}",

@@ -1,7 +1,7 @@
-"""Domain errors and the one table that maps them to gRPC status codes.
+"""Domain errors, each carrying the gRPC status code it maps to (its `code`).
 
-Domain code raises these; the error interceptor (services.common.server) turns
-them into statuses. Their messages reach the caller, so they say what was wrong
+Domain code raises these; the error interceptor (services.common.errors_interceptor)
+turns them into statuses. Their messages reach the caller, so they say what was wrong
 and what is accepted, and never carry SQL, stack traces or secrets.
 """
 

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from rag.common.v1 import common_pb2
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.limits import MAX_QUESTION_CHARS
 from services.common.struct_values import struct_to_dict
 from services.common.timing import StageTimer
 from services.common.validation import require_range, require_text
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-MAX_QUESTION_CHARS = 4000
 MAX_CONTEXT_CHUNKS = 100
 MAX_HISTORY_TURNS = 50
 MAX_TEMPERATURE = 2.0
