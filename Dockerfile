@@ -50,7 +50,7 @@ WORKDIR /app
 # --- Which of pyproject.toml's dependencies go where ---------------------------
 # The split is computed from pyproject.toml, so a new dependency lands in the core
 # layer by default; only the names below are held back. The build fails if one of
-# them disappears from pyproject.toml. tests/test_k8s_manifests.py runs this same
+# them disappears from pyproject.toml. tests/k8s/test_dockerfile.py runs this same
 # script and checks that the gateway imports nothing outside core.
 FROM python AS requirements
 WORKDIR /src

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from gateway.upstream import ChannelPolicy
 from services.common.channel_config import LbPolicy
 from services.common.limits import MAX_QUESTION_CHARS, MAX_TOP_K
+from services.common.registry import EMBEDDER, GATEWAY, GENERATOR, RETRIEVER
 from services.common.settings import MiB, ServerSettings
 from services.common.tls import ClientTls, TlsConfigError, check_pair
 
@@ -16,15 +17,15 @@ UPSTREAM_TLS_PREFIX = "GATEWAY_UPSTREAM_TLS_"
 
 
 class GatewaySettings(ServerSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_")
+    model_config = SettingsConfigDict(env_prefix=GATEWAY.env_prefix)
 
-    port: int = Field(50050, ge=0, le=65535)
+    port: int = Field(GATEWAY.port, ge=0, le=65535)
     # gRPC targets, e.g. "127.0.0.1:50051", "dns:///embedder:50051" (every address
     # the name resolves to, for headless Kubernetes Services) or a fixed list,
     # "ipv4:10.0.0.1:50051,10.0.0.2:50051".
-    embedder_target: str = "127.0.0.1:50051"
-    retriever_target: str = "127.0.0.1:50052"
-    generator_target: str = "127.0.0.1:50053"
+    embedder_target: str = f"127.0.0.1:{EMBEDDER.port}"
+    retriever_target: str = f"127.0.0.1:{RETRIEVER.port}"
+    generator_target: str = f"127.0.0.1:{GENERATOR.port}"
     # How the channels spread calls over a target's addresses.
     lb_policy: LbPolicy = "round_robin"
     # Keepalive pings on the channels; servers accept one every 10 s at most.

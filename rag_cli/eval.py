@@ -29,6 +29,7 @@ from rag.retriever.v1 import retriever_pb2
 from rag_cli import beir, keys, metrics
 from rag_cli.client import gateway_channel
 from rag_cli.render import upsert_status
+from services.common.limits import MAX_TOP_K
 
 MODES = {
     "dense": common_pb2.SEARCH_MODE_DENSE,
@@ -97,10 +98,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     command.add_argument(
         "--top-k",
-        type=_int_in(1, 100),
-        default=100,
+        type=_int_in(1, MAX_TOP_K),
+        default=MAX_TOP_K,
         metavar="K",
-        help="chunks retrieved per query (default: 100)",
+        help="chunks retrieved per query (default: %(default)s, the most a search returns)",
     )
     command.add_argument(
         "--limit", type=_int_in(1, None), metavar="N", help="run only the first N judged queries"
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if not queries:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
-    with gateway_channel(args.gateway) as channel:
+    with gateway_channel(args.gateway, args.settings.tls) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(keys.with_api_key(channel, args.api_key))
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size, args.timeout)
         results = [

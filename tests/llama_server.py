@@ -20,8 +20,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
+from rag_cli.lifecycle import StartsAndStops
 from rag_cli.stack import free_port
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,7 +40,7 @@ def gguf_path() -> Path | None:
     return path if path.is_file() else None
 
 
-class LlamaServer:
+class LlamaServer(StartsAndStops):
     def __init__(self, log_path: Path, *, n_ctx: int = 2048, n_threads: int = 2) -> None:
         self.log_path = log_path
         self.n_ctx = n_ctx
@@ -146,16 +146,3 @@ class LlamaServer:
                     f"{self.log_tail()}"
                 )
             time.sleep(0.1)
-
-    def __enter__(self) -> LlamaServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -65,8 +65,23 @@ def test_exporter_names_are_comma_separated_and_unset_means_none(monkeypatch: py
     monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
     unset = exporter_names("OTEL_METRICS_EXPORTER")
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", " prometheus, otlp ,")
-    assert unset == ["none"]
+
+    assert unset == []
     assert exporter_names("OTEL_METRICS_EXPORTER") == ["prometheus", "otlp"]
+    assert exporter_names("OTEL_METRICS_EXPORTER", {"OTEL_METRICS_EXPORTER": "none"}) == []
+    assert exporter_names("OTEL_METRICS_EXPORTER", {"OTEL_METRICS_EXPORTER": "none, console"}) == ["console"]
+    assert exporter_names("OTEL_METRICS_EXPORTER", {}) == [], "a given environment replaces the process's"
+
+
+def test_the_stack_and_the_services_read_the_exporters_alike(tmp_path: Path) -> None:
+    stack = Stack(data_dir=tmp_path, metrics_ports={"gateway": 19464})
+    for value, expected in [
+        (" otlp , console", "otlp,console,prometheus"),
+        ("prometheus,none", "prometheus"),
+    ]:
+        added = stack._metrics_environment("gateway", {"OTEL_METRICS_EXPORTER": value})
+        assert added["OTEL_METRICS_EXPORTER"] == expected
+        assert exporter_names("OTEL_METRICS_EXPORTER", added) == expected.split(",")
 
 
 def test_otlp_protocol_per_signal_wins_over_the_general_one(monkeypatch: pytest.MonkeyPatch) -> None:

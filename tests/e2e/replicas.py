@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from rag_cli.stack import Stack, free_port
-
-MODULES = {
-    "embedder": "services.embedder",
-    "retriever": "services.retriever",
-    "generator": "services.generator",
-    "gateway": "gateway",
-}
+from services.common.registry import BY_NAME, GATEWAY_UPSTREAMS, GENERATOR, upstream_target_variable
 
 
 class Replicas:
@@ -31,19 +24,16 @@ class Replicas:
 
     def start(self, names: Sequence[str], **env: str) -> None:
         for name in names:
-            service = name.split("-")[0]
+            service = BY_NAME[name.split("-")[0]]
             self._ports[name] = free_port()
             environment = {
-                **os.environ,
-                **self._session.env,  # OTEL_* towards the session's OTLP receiver
-                "DATABASE_URL": self._session.database_url_in_use,
-                "HF_HUB_OFFLINE": "1",
-                f"{service.upper()}_PORT": str(self._ports[name]),
-                f"{service.upper()}_GRACE_PERIOD_S": "1",
+                # The session's database, and OTEL_* towards its OTLP receiver.
+                **self._session.shared_environment(),
+                **self._processes.listening_environment(service, self._ports[name]),
                 "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={name}",
                 **env,
             }
-            self._processes.start_service(name, MODULES[service], environment)
+            self._processes.start_service(name, service.module, environment)
             self._started.append(name)
         deadline = time.monotonic() + 180
         for name in names:
@@ -86,13 +76,9 @@ def gateway_with_openai_generator(
             GENERATOR_OPENAI_BASE_URL=llm_base_url,
             **settings,
         )
-        processes.start(
-            ["gateway-openai"],
-            GATEWAY_EMBEDDER_TARGET=stack.target("embedder"),
-            GATEWAY_RETRIEVER_TARGET=stack.target("retriever"),
-            GATEWAY_GENERATOR_TARGET=processes.target("generator-openai"),
-            **settings,
-        )
+        targets = {upstream_target_variable(u): stack.target(u.name) for u in GATEWAY_UPSTREAMS}
+        targets[upstream_target_variable(GENERATOR)] = processes.target("generator-openai")
+        processes.start(["gateway-openai"], **{**targets, **settings})
         yield processes.target("gateway-openai")
     finally:
         processes.stop()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from rag_cli.main import main
+from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack
+from services.common.registry import GATEWAY
 from tests.conftest import SAMPLES
 
 
@@ -56,3 +61,30 @@ def test_ask_stream_prints_the_answer_then_its_sources(
 def test_errors_are_reported_with_their_status(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     assert _rag(stack, "Bad Namespace", "search", "anything") == 2
     assert "INVALID_ARGUMENT: namespace must be" in capsys.readouterr().err
+
+
+def test_keys_edit_the_gateways_keys_file_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", str(keys_file))
+
+    assert main(["keys", "create", "--namespace", "docs", "--id", "team-docs"]) == 0
+
+    assert capsys.readouterr().out.startswith("rag_team-docs_")
+    assert [key["id"] for key in json.loads(keys_file.read_text())["keys"]] == ["team-docs"]
+
+
+def test_settings_read_the_services_variables_and_empty_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://rag@db.example:5432/rag")
+    monkeypatch.setenv("GATEWAY_API_KEYS_FILE", "")
+    monkeypatch.setenv("RAG_GATEWAY", "")
+    monkeypatch.setenv("RAG_API_KEY", "rag_cli_secret")
+
+    settings = CliSettings()
+
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == "postgresql://rag@db.example:5432/rag"
+    assert settings.api_keys_file is None
+    assert settings.gateway == f"127.0.0.1:{GATEWAY.port}"
+    assert "rag_cli_secret" not in repr(settings)

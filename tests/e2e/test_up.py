@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from services.common.registry import DEFAULT_PORTS, GATEWAY
+
 SERVING = "serving; press Ctrl-C to stop"
 
 
@@ -48,7 +50,8 @@ def read_lines(stream: IO[str], into: queue.Queue[str]) -> None:
 def output_until(
     process: subprocess.Popen[str], lines: queue.Queue[str], marker: str, within_s: float
 ) -> str:
-    deadline, seen = time.monotonic() + within_s, []
+    deadline = time.monotonic() + within_s
+    seen: list[str] = []
     while not any(marker in line for line in seen):
         assert time.monotonic() < deadline, f"no {marker!r} within {within_s} s:\n{''.join(seen)}"
         try:
@@ -59,7 +62,8 @@ def output_until(
 
 
 def test_rag_up_ingests_the_samples_answers_with_sources_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = consecutive_free_ports(4)
+    # `rag up --port P` puts each service at P plus its default port's offset from the gateway's.
+    port = consecutive_free_ports(max(DEFAULT_PORTS.values()) - GATEWAY.port + 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "rag_cli.main", "up", "--data-dir", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE,
