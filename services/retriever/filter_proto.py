@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from google.protobuf import timestamp_pb2
 
@@ -73,8 +74,8 @@ def _scalar(value: common_pb2.ScalarValue, field: str) -> Scalar:
     raise InvalidArgument(f"{field} is empty; set string_value, number_value or bool_value", field=field)
 
 
-def _time(bounds: common_pb2.TimeRange, name: str) -> datetime | None:
-    if not bounds.HasField(name):  # type: ignore[arg-type]
+def _time(bounds: common_pb2.TimeRange, name: Literal["gt", "gte", "lt", "lte"]) -> datetime | None:
+    if not bounds.HasField(name):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(bounds, name)
     try:

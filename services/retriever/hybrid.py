@@ -22,11 +22,14 @@ from services.common.errors import InvalidArgument
 from services.common.validation import require_range
 from services.retriever.filters import Filter, compile_filter
 from services.retriever.keyword import KEYWORD_FILTER_JOIN_SQL, KEYWORD_LEG_SQL, Bm25
-
-MAX_CANDIDATE_DEPTH = 1000
-# Far beyond any useful k: 1 / (k + rank) would no longer tell ranks apart.
-MAX_RRF_K = 1_000_000.0
-MAX_WEIGHT = 1_000_000.0
+from services.retriever.limits import (
+    DEFAULT_CANDIDATE_DEPTH,
+    DEFAULT_LEG_WEIGHT,
+    DEFAULT_RRF_K,
+    MAX_CANDIDATE_DEPTH,
+    MAX_LEG_WEIGHT,
+    MAX_RRF_K,
+)
 
 
 class SearchMode(enum.Enum):
@@ -37,23 +40,14 @@ class SearchMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Fusion:
-    """Reciprocal rank fusion settings.
+    """Reciprocal rank fusion settings; the defaults and why are in limits.py."""
 
-    The defaults come from SciFact train (bench/keyword_leg.py --sweep): rrf_k
-    2..10 with equal weights all give nDCG@10 0.726..0.728, against 0.715 for
-    the customary 60. 10 is the largest k on that plateau: a smaller one hands
-    more of the ranking to each leg's first few places, which suits SciFact
-    (one or two relevant documents per query) but is a narrower bet elsewhere.
-    Weighting either leg up lost; depth 200 gained 0.001 for more time per
-    query.
-    """
-
-    rrf_k: float = 10.0
-    dense_weight: float = 1.0
-    keyword_weight: float = 1.0
+    rrf_k: float = DEFAULT_RRF_K
+    dense_weight: float = DEFAULT_LEG_WEIGHT
+    keyword_weight: float = DEFAULT_LEG_WEIGHT
     # Candidates each leg hands to fusion, so a hybrid search returns at most
     # twice this many hits (fewer than top_k if the depth is below it).
-    candidate_depth: int = 100
+    candidate_depth: int = DEFAULT_CANDIDATE_DEPTH
 
 
 def require_fusion(fusion: Fusion, field: str = "fusion") -> Fusion:
@@ -63,18 +57,28 @@ def require_fusion(fusion: Fusion, field: str = "fusion") -> Fusion:
             field=f"{field}.rrf_k",
         )
     for name, weight in (("dense_weight", fusion.dense_weight), ("keyword_weight", fusion.keyword_weight)):
-        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+        if not (math.isfinite(weight) and 0 <= weight <= MAX_LEG_WEIGHT):
             raise InvalidArgument(
-                f"{field}.{name} must be a number 0..{MAX_WEIGHT:g}, got {weight}", field=f"{field}.{name}"
+                f"{field}.{name} must be a number 0..{MAX_LEG_WEIGHT:g}, got {weight}",
+                field=f"{field}.{name}",
             )
-    if fusion.dense_weight == 0 and fusion.keyword_weight == 0:
-        raise InvalidArgument(
-            f"{field}.dense_weight and {field}.keyword_weight must not both be 0; "
-            "use a single-leg mode to rank by one leg alone",
-            field=f"{field}.dense_weight",
-        )
+    require_a_weighted_leg(fusion.dense_weight, fusion.keyword_weight, f"{field}.")
     require_range(fusion.candidate_depth, f"{field}.candidate_depth", 1, MAX_CANDIDATE_DEPTH)
     return fusion
+
+
+def require_a_weighted_leg(dense_weight: float, keyword_weight: float, prefix: str) -> None:
+    """At least one leg must count, or every fused score is 0 and the order means nothing.
+
+    `prefix` names where the weights came from: "fusion." for a request,
+    "default_" for the settings.
+    """
+    if dense_weight == 0 and keyword_weight == 0:
+        raise InvalidArgument(
+            f"{prefix}dense_weight and {prefix}keyword_weight must not both be 0; "
+            "use a single-leg mode to rank by one leg alone",
+            field=f"{prefix}dense_weight",
+        )
 
 
 # relaxed_order lets a filtered HNSW scan keep going until it has LIMIT rows
@@ -144,6 +148,8 @@ class SearchQuery:
     text: str | None
     filter: Filter | None
     fusion: Fusion
+    # hnsw.ef_search for the dense leg.
+    ef_search: int
 
 
 def search_sql(query: SearchQuery, text_search_config: str, bm25: Bm25) -> tuple[str, list[object]]:

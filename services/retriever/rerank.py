@@ -28,6 +28,11 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
+from services.retriever.limits import DEFAULT_RERANK_MAX_LENGTH
+
+# Pairs per forward pass; the deadline is checked between batches (see Reranker).
+DEFAULT_BATCH_SIZE = 32
+
 
 @dataclass(frozen=True)
 class RerankOutcome:
@@ -43,7 +48,7 @@ def rerank_order(scores: Sequence[float]) -> list[int]:
 
 
 class Reranker:
-    def __init__(self, model: CrossEncoder, *, name: str, batch_size: int = 32) -> None:
+    def __init__(self, model: CrossEncoder, *, name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if model.num_labels != 1:
@@ -64,7 +69,12 @@ class Reranker:
 
     @classmethod
     def load(
-        cls, name_or_path: str, *, device: str = "cpu", max_length: int = 512, batch_size: int = 32
+        cls,
+        name_or_path: str,
+        *,
+        device: str = "cpu",
+        max_length: int = DEFAULT_RERANK_MAX_LENGTH,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Reranker:
         """Loads a cross-encoder by Hugging Face name or local directory; blocking, so call it in a thread.
 

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from rag.common.v1 import common_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.validation import require_range
+from services.retriever.limits import MAX_RERANK_BUDGET_MS, MAX_RERANK_CANDIDATES
 from services.retriever.rerank import Reranker, rerank_order
-from services.retriever.store import Hit
-
-# The store returns at most 100 hits per search.
-MAX_CANDIDATES = 100
-MAX_BUDGET_MS = 60_000
+from services.retriever.store.records import Hit
 
 
 @dataclass(frozen=True)
@@ -46,8 +43,8 @@ def plan(
         )
     candidates = params.candidates if params.HasField("candidates") else default_candidates
     budget_ms = params.budget_ms if params.HasField("budget_ms") else default_budget_ms
-    require_range(candidates, "rerank.candidates", 1, MAX_CANDIDATES)
-    require_range(budget_ms, "rerank.budget_ms", 1, MAX_BUDGET_MS)
+    require_range(candidates, "rerank.candidates", 1, MAX_RERANK_CANDIDATES)
+    require_range(budget_ms, "rerank.budget_ms", 1, MAX_RERANK_BUDGET_MS)
     return RerankPlan(candidates=candidates, budget_s=budget_ms / 1000)
 
 

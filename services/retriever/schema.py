@@ -28,6 +28,16 @@ MIGRATION_LOCK_KEY = 0x7261_6773_6368_6D61
 # pgvector's limits: HNSW indexes vectors of up to 2000 dimensions; m is
 # 2..100 and ef_construction 4..1000, at least 2 * m.
 MAX_INDEXED_DIMENSION = 2000
+MIN_HNSW_M = 2
+MAX_HNSW_M = 100
+MIN_HNSW_EF_CONSTRUCTION = 2 * MIN_HNSW_M
+MAX_HNSW_EF_CONSTRUCTION = 1000
+# pgvector's own defaults for the index build.
+DEFAULT_HNSW_M = 16
+DEFAULT_HNSW_EF_CONSTRUCTION = 64
+
+# The language of the keyword index: a PostgreSQL text search configuration.
+DEFAULT_TEXT_SEARCH_CONFIG = "english"
 
 # pg_input_is_valid, which time-range filters use, came in PostgreSQL 16.
 MIN_SERVER_VERSION_NUM = 160000
@@ -42,15 +52,17 @@ class SchemaSettings:
     hnsw_ef_construction: int
     # A regconfig name, checked against the database in migrate(); always an
     # SQL parameter, never formatted into SQL.
-    text_search_config: str = "english"
+    text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG
 
     def __post_init__(self) -> None:
         # DDL cannot take parameters, so these are formatted into SQL: they
         # must be plain ints in range. This is configuration, not caller input,
         # hence ValueError rather than InvalidArgument.
         _require_int("dimension", self.dimension, 1, MAX_INDEXED_DIMENSION)
-        _require_int("hnsw_m", self.hnsw_m, 2, 100)
-        _require_int("hnsw_ef_construction", self.hnsw_ef_construction, 2 * self.hnsw_m, 1000)
+        _require_int("hnsw_m", self.hnsw_m, MIN_HNSW_M, MAX_HNSW_M)
+        _require_int(
+            "hnsw_ef_construction", self.hnsw_ef_construction, 2 * self.hnsw_m, MAX_HNSW_EF_CONSTRUCTION
+        )
 
 
 MigrationStep = str | Callable[[asyncpg.Connection, SchemaSettings], Awaitable[None]]
@@ -237,7 +249,7 @@ async def migrate(
     dimension: int,
     hnsw_m: int,
     hnsw_ef_construction: int,
-    text_search_config: str = "english",
+    text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG,
 ) -> None:
     """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings."""
     settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction, text_search_config)

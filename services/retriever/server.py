@@ -41,7 +41,7 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
         if settings.rerank_model
         else None
     )
-    servicer = RetrieverServicer(store, settings.embedding_dimension, rerank)
+    servicer = RetrieverServicer(store, rerank)
 
     def register(server: grpc.aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)

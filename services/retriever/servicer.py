@@ -1,10 +1,14 @@
-"""RetrieverService: proto <-> ChunkStore, with input checks."""
+"""RetrieverService: proto <-> ChunkStore.
+
+The servicer checks what only a call has (the tenant header, batch sizes,
+enums, page tokens); what a document or a search must satisfy, the store
+checks, once, whoever calls it.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.limits import require_document_id, require_top_k
 from services.common.struct_values import struct_to_dict
 from services.common.tenant import TENANT_HEADER
 from services.common.timing import StageTimer
@@ -26,10 +31,16 @@ from services.retriever import instruments, rerank_stage
 from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode
+from services.retriever.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_DOCUMENTS_PER_UPSERT,
+    MAX_FAILURES_PER_CALL,
+    MAX_IDS_PER_CALL,
+)
 from services.retriever.rerank import Reranker
-from services.retriever.store import (
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import (
     ChunkInput,
-    ChunkStore,
     DocumentInfo,
     DocumentInput,
     DocumentState,
@@ -40,16 +51,6 @@ from services.retriever.store import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-MAX_TOP_K = 100
-MAX_DOCUMENTS_PER_UPSERT = 256
-MAX_CHUNKS_PER_DOCUMENT = 50_000
-MAX_DOCUMENT_ID_CHARS = 256
-MAX_IDS_PER_CALL = 10_000
-MAX_FAILURES_PER_CALL = 1000
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 # UNSPECIFIED means the server's default: hybrid.
 _MODES = {
@@ -94,11 +95,8 @@ class RerankSettings:
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
-    def __init__(
-        self, store: Deferred[ChunkStore], dimension: int, rerank: RerankSettings | None = None
-    ) -> None:
+    def __init__(self, store: Deferred[ChunkStore], rerank: RerankSettings | None = None) -> None:
         self._store = store
-        self._dimension = dimension
         self._rerank = rerank
         self._tracer = trace.get_tracer(__name__)
 
@@ -108,9 +106,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_DOCUMENTS_PER_UPSERT)
-        documents = [
-            _document(d, f"documents[{i}]", self._dimension) for i, d in enumerate(request.documents)
-        ]
+        documents = [_document(d, f"documents[{i}]") for i, d in enumerate(request.documents)]
         timer = StageTimer(self._tracer, "rag.retriever")
         with timer.stage("upsert") as span:
             span.set_attribute("rag.retriever.documents", len(documents))
@@ -130,10 +126,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.DeleteResponse:
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
-        _check_ids(request.document_ids)
+        _check_id_count(request.document_ids)
         metadata_filter = filter_from_proto(request.filter) if request.HasField("filter") else None
-        if not request.document_ids and metadata_filter is None:
-            raise InvalidArgument("give document_ids, a filter, or both; an empty delete is refused")
         timer = StageTimer(self._tracer, "rag.retriever")
         with timer.stage("delete"):
             documents, chunks = await self._store.value.delete(
@@ -148,21 +142,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.SearchResponse:
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
-        require_range(request.top_k, "top_k", 1, MAX_TOP_K)
+        # The store checks top_k too, but it is given the rerank depth instead.
+        require_top_k(request.top_k)
         mode = _search_mode(request.mode)
-        # An empty query_embedding is "none" (keyword mode needs none); the
-        # store says which modes need one. A wrong one is refused here.
-        embedding = (
-            _embedding(request.query_embedding, self._dimension, "query_embedding")
-            if request.query_embedding and mode is not SearchMode.KEYWORD
-            else None
-        )
         metadata_filter: Filter | None = (
             filter_from_proto(request.filter) if request.HasField("filter") else None
         )
-        ef_search = request.ef_search if request.HasField("ef_search") else None
-        if ef_search is not None:
-            require_range(ef_search, "ef_search", 1, 1000)
         store = self._store.value
         fusion = _fusion(request.fusion, store.default_fusion) if request.HasField("fusion") else None
         rerank_plan = rerank_stage.plan(
@@ -182,10 +167,11 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 request.namespace,
                 depth,
                 mode=mode,
-                embedding=embedding,
+                # Empty is "none": the store says which modes need one.
+                embedding=list(request.query_embedding) or None,
                 text=request.query_text,
                 filter=metadata_filter,
-                ef_search=ef_search,
+                ef_search=request.ef_search if request.HasField("ef_search") else None,
                 fusion=fusion,
             )
         reranked = rerank_stage.Reranked(hits[: request.top_k], reranked=False, timed_out=False)
@@ -210,7 +196,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> retriever_pb2.GetDocumentHashesResponse:
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
-        _check_ids(request.document_ids)
+        _check_id_count(request.document_ids)
         stored = await self._store.value.stored_documents(request.namespace, list(request.document_ids))
         return retriever_pb2.GetDocumentHashesResponse(
             documents=[
@@ -235,11 +221,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
         state = _document_state(request.state)
-        page_size = request.page_size or DEFAULT_PAGE_SIZE
-        require_range(page_size, "page_size", 1, MAX_PAGE_SIZE)
         after = _page_token_id(request.page_token)
         page = await self._store.value.list_documents(
-            request.namespace, state=state, page_size=page_size, after=after
+            request.namespace, state=state, page_size=request.page_size or DEFAULT_PAGE_SIZE, after=after
         )
         return retriever_pb2.ListDocumentsResponse(
             documents=[_document_info(d) for d in page.documents],
@@ -252,8 +236,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         require_namespace(request.namespace)
         _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_FAILURES_PER_CALL)
-        for i, failed in enumerate(request.documents):
-            _check_id(failed.document_id, f"documents[{i}].document_id")
         await self._store.value.record_failures(
             request.namespace, [FailureInput(d.document_id, d.title, d.reason) for d in request.documents]
         )
@@ -269,9 +251,7 @@ def _require_tenant(context: Context, namespace: str) -> None:
     retriever is reachable only from inside the cluster (mTLS), and the gateway
     sends none with authentication off.
     """
-    # In-process callers (the servicer tests) have no call context, hence no header.
-    metadata = context.invocation_metadata() if context is not None else None
-    for name, value in metadata or ():
+    for name, value in context.invocation_metadata() or ():
         if name == TENANT_HEADER:
             text = value.decode() if isinstance(value, bytes) else value
             if namespace not in {part.strip() for part in text.split(",")}:
@@ -323,50 +303,28 @@ def _page_token_id(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token") from None
     # Only a document id can have been the last of a page.
-    if not document_id.strip() or len(document_id) > MAX_DOCUMENT_ID_CHARS or "\x00" in document_id:
-        raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token")
-    return document_id
+    try:
+        return require_document_id(document_id, "page_token")
+    except InvalidArgument:
+        raise InvalidArgument(_BAD_PAGE_TOKEN, field="page_token") from None
 
 
-def _check_ids(ids: Sequence[str]) -> None:
+def _check_id_count(ids: Sequence[str]) -> None:
+    """The store checks each id; a call carries at most MAX_IDS_PER_CALL."""
     require_range(len(ids), "document_ids (count)", 0, MAX_IDS_PER_CALL)
-    for index, document_id in enumerate(ids):
-        _check_id(document_id, f"document_ids[{index}]")
 
 
-def _check_id(document_id: str, field: str) -> None:
-    if not document_id.strip() or len(document_id) > MAX_DOCUMENT_ID_CHARS:
-        raise InvalidArgument(
-            f"{field} must be 1..{MAX_DOCUMENT_ID_CHARS} characters and not blank", field=field
-        )
-
-
-def _embedding(values: Sequence[float], dimension: int, field: str) -> list[float]:
-    if len(values) != dimension:
-        raise InvalidArgument(
-            f"{field} must have {dimension} values (the configured embedding dimension), got {len(values)}",
-            field=field,
-        )
-    if not all(math.isfinite(v) for v in values):
-        raise InvalidArgument(f"{field} must hold finite numbers only", field=field)
-    return list(values)
-
-
-def _document(proto: retriever_pb2.DocumentRecord, field: str, dimension: int) -> DocumentInput:
-    _check_id(proto.document_id, f"{field}.document_id")
-    if not proto.content_hash:
-        raise InvalidArgument(f"{field}.content_hash must be set", field=f"{field}.content_hash")
-    require_range(len(proto.chunks), f"{field}.chunks (count)", 1, MAX_CHUNKS_PER_DOCUMENT)
+def _document(proto: retriever_pb2.DocumentRecord, field: str) -> DocumentInput:
     chunks = [
         ChunkInput(
             index=chunk.index,
             text=chunk.text,
-            embedding=_embedding(chunk.embedding, dimension, f"{field}.chunks[{i}].embedding"),
+            embedding=list(chunk.embedding),
             start_char=chunk.start_char,
             end_char=chunk.end_char,
             pages=list(chunk.pages),
         )
-        for i, chunk in enumerate(proto.chunks)
+        for chunk in proto.chunks
     ]
     return DocumentInput(
         document_id=proto.document_id,

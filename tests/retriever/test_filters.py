@@ -24,10 +24,14 @@ from services.retriever.filters import (
     TimeRange,
     compile_filter,
 )
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput
 from tests.retriever.conftest import DIMENSION
 
 DROP = "'; DROP TABLE rag_chunks; --"
+# What an untyped caller (JSON, a proto Value) could pass where a scalar belongs.
+NOT_A_SCALAR_LIST: Any = ["a"]
+NOT_A_SCALAR_NONE: Any = None
 HOSTILE_VALUES = [
     DROP,
     'it\'s "quoted" \\ back\\',
@@ -155,8 +159,8 @@ def test_keys_at_the_limits_are_accepted() -> None:
         (TimeRange("k"), "filter.field.time_range must set at least one of gt, gte, lt, lte"),
         (TimeRange("k", lt=datetime(2024, 1, 1)), "filter.field.time_range.lt must be a timezone-aware"),
         (FieldEquals("k", float("nan")), "filter.field.equals must be a finite number"),
-        (FieldEquals("k", ["a"]), "filter.field.equals must be a string, number or bool"),  # type: ignore[arg-type]
-        (FieldEquals("k", None), "filter.field.equals must be a string, number or bool"),  # type: ignore[arg-type]
+        (FieldEquals("k", NOT_A_SCALAR_LIST), "filter.field.equals must be a string, number or bool"),
+        (FieldEquals("k", NOT_A_SCALAR_NONE), "filter.field.equals must be a string, number or bool"),
         (FieldEquals("k", "nul\x00"), "filter.field.equals must not contain NUL"),
         (FieldIn("k", ("a", float("inf"))), "filter.field.in_values.values[1] must be a finite number"),
         (AllOf(()), "filter.all_of must hold at least one filter"),

@@ -15,7 +15,8 @@ from services.retriever.config import RetrieverSettings
 from services.retriever.filters import FieldEquals
 from services.retriever.hybrid import Fusion, SearchMode
 from services.retriever.keyword import Bm25
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput, Hit
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput, Hit
 from tests.retriever.conftest import DIMENSION
 
 Vector = npt.NDArray[np.float32]
@@ -239,7 +240,7 @@ async def test_invalid_fusion_settings_are_refused(
             SearchMode.HYBRID,
             [1.0],
             "words",
-            f"embedding must have {DIMENSION} values, got 1",
+            f"embedding must have {DIMENSION} values (the configured embedding dimension), got 1",
             "query_embedding",
         ),
         (

@@ -19,7 +19,8 @@ from services.retriever.filters import FieldEquals
 from services.retriever.hybrid import SearchMode
 from services.retriever.keyword import Bm25
 from services.retriever.schema import migrate
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput, Hit
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput, Hit
 from tests.retriever.conftest import DIMENSION
 
 MakeDatabase = Callable[[], Awaitable[str]]

@@ -6,30 +6,60 @@ scored, the order the scores impose, the budget fallback, the flags), not rankin
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+from sentence_transformers import CrossEncoder
 
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2
 from services.common.deferred import Deferred
-from services.common.errors import FailedPrecondition, InvalidArgument
 from services.retriever.rerank import Reranker
 from services.retriever.servicer import RerankSettings, RetrieverServicer
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput
 from tests.retriever.conftest import DIMENSION
+from tests.retriever.serving import refusal, serving
 from tests.retriever.tiny_cross_encoder import build_tiny_cross_encoder
 
 rng = np.random.default_rng(7)
 TEXTS = [f"whales and krill note {i}" for i in range(12)]
+MAX_LENGTH = 64
 
 
 @pytest.fixture(scope="module")
-def reranker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reranker]:
-    model = Reranker.load(str(build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))), max_length=64)
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+
+
+@pytest.fixture(scope="module")
+def reranker(model_path: Path) -> Iterator[Reranker]:
+    model = Reranker.load(str(model_path), max_length=MAX_LENGTH)
     yield model
     model.close()
+
+
+@pytest.fixture
+def held_reranker(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reranker]:
+    """A reranker whose model scores nothing until the test is over."""
+    model = CrossEncoder(str(model_path), max_length=MAX_LENGTH)
+    released = threading.Event()
+    predict = model.predict
+
+    def predict_once_released(*args: Any, **kwargs: Any) -> Any:
+        released.wait()
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(model, "predict", predict_once_released)
+    held = Reranker(model, name="held")
+    yield held
+    released.set()
+    held.close()
 
 
 @pytest.fixture
@@ -50,18 +80,23 @@ async def stored(store: ChunkStore, namespace: str) -> Deferred[ChunkStore]:
     return deferred
 
 
-def _servicer(
-    stored: Deferred[ChunkStore], reranker: Reranker | None, budget_ms: int = 60_000
-) -> RetrieverServicer:
+def _servicer(stored: Deferred[ChunkStore], reranker: Reranker | None) -> RetrieverServicer:
     if reranker is None:
-        return RetrieverServicer(stored, DIMENSION)
+        return RetrieverServicer(stored)
     model: Deferred[Reranker] = Deferred("the rerank model")
     model.resolve(reranker)
-    return RetrieverServicer(stored, DIMENSION, RerankSettings(model, 8, budget_ms))
+    return RetrieverServicer(stored, RerankSettings(model, 8, 60_000))
 
 
-def _request(namespace: str, **fields: object) -> retriever_pb2.SearchRequest:
-    values: dict[str, object] = {
+async def _search(
+    servicer: RetrieverServicer, request: retriever_pb2.SearchRequest
+) -> retriever_pb2.SearchResponse:
+    async with serving(servicer) as retriever:
+        return await retriever.Search(request)
+
+
+def _request(namespace: str, **fields: Any) -> retriever_pb2.SearchRequest:
+    values: dict[str, Any] = {
         "namespace": namespace,
         "query_embedding": rng.standard_normal(DIMENSION).tolist(),
         "query_text": "whales and krill",
@@ -69,19 +104,18 @@ def _request(namespace: str, **fields: object) -> retriever_pb2.SearchRequest:
         "mode": common_pb2.SEARCH_MODE_DENSE,
         **fields,
     }
-    return retriever_pb2.SearchRequest(**values)  # type: ignore[arg-type]
+    return retriever_pb2.SearchRequest(**values)
 
 
 async def test_reranks_the_fused_candidates_into_the_final_top_k(
     stored: Deferred[ChunkStore], reranker: Reranker, namespace: str
 ) -> None:
     search = _request(namespace)
-    fused = await _servicer(stored, None).Search(
-        _request(namespace, query_embedding=search.query_embedding, top_k=8),
-        context=None,  # type: ignore[arg-type]
+    fused = await _search(
+        _servicer(stored, None), _request(namespace, query_embedding=search.query_embedding, top_k=8)
     )
 
-    response = await _servicer(stored, reranker).Search(search, context=None)  # type: ignore[arg-type]
+    response = await _search(_servicer(stored, reranker), search)
 
     assert response.reranked
     assert not response.rerank_timed_out
@@ -99,12 +133,13 @@ async def test_reranks_the_fused_candidates_into_the_final_top_k(
 
 
 async def test_out_of_budget_returns_the_fused_order_flagged(
-    stored: Deferred[ChunkStore], reranker: Reranker, namespace: str
+    stored: Deferred[ChunkStore], held_reranker: Reranker, namespace: str
 ) -> None:
-    search = _request(namespace, rerank=common_pb2.RerankParams(budget_ms=1, candidates=100))
-    fused = await _servicer(stored, None).Search(search, context=None)  # type: ignore[arg-type]
+    search = _request(namespace, rerank=common_pb2.RerankParams(budget_ms=50, candidates=100))
+    fused = await _search(_servicer(stored, None), search)
 
-    response = await _servicer(stored, reranker).Search(search, context=None)  # type: ignore[arg-type]
+    # The model answers only after the test: the budget runs out first, whatever its length.
+    response = await _search(_servicer(stored, held_reranker), search)
 
     assert response.rerank_timed_out
     assert not response.reranked
@@ -117,7 +152,7 @@ async def test_a_request_can_turn_the_configured_reranker_off(
 ) -> None:
     search = _request(namespace, rerank=common_pb2.RerankParams(enabled=False))
 
-    response = await _servicer(stored, reranker).Search(search, context=None)  # type: ignore[arg-type]
+    response = await _search(_servicer(stored, reranker), search)
 
     assert not response.reranked
     assert len(response.hits) == 3
@@ -128,8 +163,8 @@ async def test_asking_for_a_reranker_that_is_not_configured_is_refused(
 ) -> None:
     search = _request(namespace, rerank=common_pb2.RerankParams(enabled=True))
 
-    with pytest.raises(FailedPrecondition, match="RETRIEVER_RERANK_MODEL"):
-        await _servicer(stored, None).Search(search, context=None)  # type: ignore[arg-type]
+    error = await refusal(_search(_servicer(stored, None), search), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "RETRIEVER_RERANK_MODEL" in (error.details() or "")
 
 
 @pytest.mark.parametrize(
@@ -147,5 +182,6 @@ async def test_bad_rerank_params_are_refused(
     params: common_pb2.RerankParams,
     message: str,
 ) -> None:
-    with pytest.raises(InvalidArgument, match=message):
-        await _servicer(stored, reranker).Search(_request(namespace, rerank=params), context=None)  # type: ignore[arg-type]
+    search = _request(namespace, rerank=params)
+    error = await refusal(_search(_servicer(stored, reranker), search), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message in (error.details() or "")

@@ -1,21 +1,23 @@
-"""RetrieverServicer.Search: proto in, modes and fusion settings through to the store, proto out."""
+"""RetrieverService.Search over a real server: proto in, modes and fusion through to the store, proto out."""
 
 from __future__ import annotations
 
-import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from rag.common.v1 import common_pb2
-from rag.retriever.v1 import retriever_pb2
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
-from services.common.errors import InvalidArgument
 from services.retriever.hybrid import Fusion
 from services.retriever.servicer import RetrieverServicer
-from services.retriever.store import ChunkInput, ChunkStore, DocumentInput
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput
 from tests.retriever.conftest import DIMENSION
+from tests.retriever.serving import refusal, serving, violated_field
 
 rng = np.random.default_rng(20240604)
 
@@ -23,7 +25,9 @@ TEXTS = ["Krill feed whales.", "Whales sing.", "The moon pulls the tides.", "Sea
 
 
 @pytest.fixture
-async def servicer(store: ChunkStore, namespace: str) -> RetrieverServicer:
+async def retriever(
+    store: ChunkStore, namespace: str
+) -> AsyncIterator[retriever_pb2_grpc.RetrieverServiceAsyncStub]:
     await store.upsert(
         namespace,
         [
@@ -35,7 +39,8 @@ async def servicer(store: ChunkStore, namespace: str) -> RetrieverServicer:
     )
     deferred: Deferred[ChunkStore] = Deferred("the store")
     deferred.resolve(store)
-    return RetrieverServicer(deferred, DIMENSION)
+    async with serving(RetrieverServicer(deferred)) as stub:
+        yield stub
 
 
 def request(namespace: str, **fields: Any) -> retriever_pb2.SearchRequest:
@@ -49,8 +54,10 @@ def request(namespace: str, **fields: Any) -> retriever_pb2.SearchRequest:
     return retriever_pb2.SearchRequest(**values)
 
 
-async def test_unset_mode_runs_hybrid_and_says_so(servicer: RetrieverServicer, namespace: str) -> None:
-    response = await servicer.Search(request(namespace), context=None)  # type: ignore[arg-type]
+async def test_unset_mode_runs_hybrid_and_says_so(
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, namespace: str
+) -> None:
+    response = await retriever.Search(request(namespace))
 
     assert response.mode == common_pb2.SEARCH_MODE_HYBRID
     assert len(response.hits) == len(TEXTS)
@@ -61,10 +68,12 @@ async def test_unset_mode_runs_hybrid_and_says_so(servicer: RetrieverServicer, n
     assert [hit.score for hit in response.hits] == sorted((h.score for h in response.hits), reverse=True)
 
 
-async def test_keyword_mode_needs_no_embedding(servicer: RetrieverServicer, namespace: str) -> None:
+async def test_keyword_mode_needs_no_embedding(
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, namespace: str
+) -> None:
     search = request(namespace, mode=common_pb2.SEARCH_MODE_KEYWORD, query_embedding=[])
 
-    response = await servicer.Search(search, context=None)  # type: ignore[arg-type]
+    response = await retriever.Search(search)
 
     assert response.mode == common_pb2.SEARCH_MODE_KEYWORD
     assert {hit.document_id for hit in response.hits} == {"d0", "d1", "d3"}
@@ -72,10 +81,12 @@ async def test_keyword_mode_needs_no_embedding(servicer: RetrieverServicer, name
     assert [hit.keyword.rank for hit in response.hits] == [1, 2, 3]
 
 
-async def test_dense_mode_needs_no_text(servicer: RetrieverServicer, namespace: str) -> None:
+async def test_dense_mode_needs_no_text(
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub, namespace: str
+) -> None:
     search = request(namespace, mode=common_pb2.SEARCH_MODE_DENSE, query_text="")
 
-    response = await servicer.Search(search, context=None)  # type: ignore[arg-type]
+    response = await retriever.Search(search)
 
     assert response.mode == common_pb2.SEARCH_MODE_DENSE
     assert [hit.dense.rank for hit in response.hits] == [1, 2, 3, 4]
@@ -83,7 +94,10 @@ async def test_dense_mode_needs_no_text(servicer: RetrieverServicer, namespace: 
 
 
 async def test_fusion_fields_left_unset_take_the_server_defaults(
-    servicer: RetrieverServicer, store: ChunkStore, namespace: str, monkeypatch: pytest.MonkeyPatch
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub,
+    store: ChunkStore,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[Fusion | None] = []
     search = store.search
@@ -95,8 +109,8 @@ async def test_fusion_fields_left_unset_take_the_server_defaults(
     monkeypatch.setattr(store, "search", spy)
     fusion = common_pb2.FusionParams(keyword_weight=0.0, candidate_depth=2)
 
-    response = await servicer.Search(request(namespace, fusion=fusion), context=None)  # type: ignore[arg-type]
-    await servicer.Search(request(namespace), context=None)  # type: ignore[arg-type]
+    response = await retriever.Search(request(namespace, fusion=fusion))
+    await retriever.Search(request(namespace))
 
     defaults = store.default_fusion
     assert seen == [
@@ -111,10 +125,14 @@ async def test_fusion_fields_left_unset_take_the_server_defaults(
     ("fields", "message", "field"),
     [
         ({"mode": 9}, "mode must be one of SEARCH_MODE_UNSPECIFIED", "mode"),
+        ({"top_k": 0}, "top_k must be 1..100, got 0", "top_k"),
+        ({"top_k": 101}, "top_k must be 1..100, got 101", "top_k"),
+        ({"ef_search": 0}, "ef_search must be 1..1000, got 0", "ef_search"),
+        ({"ef_search": 1001}, "ef_search must be 1..1000, got 1001", "ef_search"),
         ({"query_embedding": []}, "query_embedding is needed in hybrid mode", "query_embedding"),
         (
             {"mode": common_pb2.SEARCH_MODE_DENSE, "query_embedding": [0.5] * 3},
-            f"query_embedding must have {DIMENSION} values",
+            f"query: embedding must have {DIMENSION} values (the configured embedding dimension), got 3",
             "query_embedding",
         ),
         ({"query_text": "  "}, "query_text must not be empty or blank in hybrid mode", "query_text"),
@@ -136,8 +154,12 @@ async def test_fusion_fields_left_unset_take_the_server_defaults(
     ],
 )
 async def test_bad_searches_are_invalid_arguments(
-    servicer: RetrieverServicer, namespace: str, fields: dict[str, Any], message: str, field: str
+    retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub,
+    namespace: str,
+    fields: dict[str, Any],
+    message: str,
+    field: str,
 ) -> None:
-    with pytest.raises(InvalidArgument, match=re.escape(message)) as raised:
-        await servicer.Search(request(namespace, **fields), context=None)  # type: ignore[arg-type]
-    assert raised.value.field == field
+    error = await refusal(retriever.Search(request(namespace, **fields)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert message in (error.details() or "")
+    assert violated_field(error) == field

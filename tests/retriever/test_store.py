@@ -13,13 +13,15 @@ import numpy.typing as npt
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
+from services.common.limits import EMPTY_DELETE
 from services.retriever.filters import AnyOf, FieldEquals, NumberRange
 from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, search_sql
 from services.retriever.keyword import Bm25
+from services.retriever.limits import DEFAULT_EF_SEARCH
 from services.retriever.schema import MIGRATIONS, migrate
-from services.retriever.store import (
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import (
     ChunkInput,
-    ChunkStore,
     DocumentInput,
     StoredDocument,
     UpsertOutcome,
@@ -136,7 +138,7 @@ async def test_a_different_dimension_is_refused_and_changes_nothing(make_databas
 async def test_migrate_refuses_settings_pgvector_cannot_index(
     store_dsn: str, settings: dict[str, int], message: str
 ) -> None:
-    arguments = {"dimension": DIMENSION, "hnsw_m": 16, "hnsw_ef_construction": 64, **settings}
+    arguments: dict[str, Any] = {"dimension": DIMENSION, "hnsw_m": 16, "hnsw_ef_construction": 64, **settings}
     conn = await asyncpg.connect(store_dsn)
     try:
         with pytest.raises(ValueError, match=message):
@@ -213,7 +215,8 @@ async def test_stored_documents_and_content_hashes(store: ChunkStore, namespace:
     [
         (
             document("bad", embeddings=[[1.0, 2.0, 3.0]]),
-            f"document 'bad' chunk 0: embedding must have {DIMENSION} values, got 3",
+            f"document 'bad' chunk 0: embedding must have {DIMENSION} values"
+            " (the configured embedding dimension), got 3",
             "documents[1].chunks[0].embedding",
         ),
         (
@@ -236,7 +239,11 @@ async def test_stored_documents_and_content_hashes(store: ChunkStore, namespace:
             "document 'bad' chunk 0: embedding must be a list of numbers",
             "documents[1].chunks[0].embedding",
         ),
-        (document("bad", texts=[]), "document 'bad': needs at least one chunk", "documents[1].chunks"),
+        (
+            document("bad", texts=[]),
+            "documents[1].chunks (count) must be 1..50000, got 0",
+            "documents[1].chunks (count)",
+        ),
         (
             DocumentInput(
                 "bad",
@@ -254,6 +261,12 @@ async def test_stored_documents_and_content_hashes(store: ChunkStore, namespace:
             "documents[1].chunks[0].start_char",
         ),
         (document(" "), "documents[1].document_id must not be empty or blank", "documents[1].document_id"),
+        (
+            document("x" * 257),
+            "documents[1].document_id must be at most 256 characters, got 257",
+            "documents[1].document_id",
+        ),
+        (document("a\x00b"), "documents[1].document_id must not contain NUL", "documents[1].document_id"),
         (document("bad", ""), "documents[1].content_hash must not be empty", "documents[1].content_hash"),
         (document("good"), "document 'good' appears more than once", "documents[1].document_id"),
         (
@@ -406,8 +419,9 @@ async def test_delete_by_id_and_by_filter_cascades_to_chunks(
 
 
 async def test_an_empty_delete_is_refused(store: ChunkStore, namespace: str) -> None:
-    with pytest.raises(InvalidArgument, match="delete needs document_ids, a filter, or both"):
+    with pytest.raises(InvalidArgument, match=re.escape(EMPTY_DELETE)) as raised:
         await store.delete(namespace)
+    assert raised.value.field == "document_ids"
 
 
 # Search
@@ -466,7 +480,7 @@ async def test_search_never_crosses_namespaces(store: ChunkStore, namespace: str
         ({"ef_search": 1001}, "ef_search must be 1..1000, got 1001", "ef_search"),
         (
             {"embedding": [1.0, 2.0]},
-            f"query: embedding must have {DIMENSION} values, got 2",
+            f"query: embedding must have {DIMENSION} values (the configured embedding dimension), got 2",
             "query_embedding",
         ),
         ({"embedding": [0.0] * DIMENSION}, "query: embedding must not be all zeros", "query_embedding"),
@@ -490,8 +504,20 @@ async def test_invalid_searches_are_refused(
 # Health
 
 
-async def test_ping_answers_when_the_database_is_up(store: ChunkStore) -> None:
-    await store.ping()
+async def test_ping_answers_while_the_schema_is_there_and_only_then(make_database: MakeDatabase) -> None:
+    dsn = await make_database()
+    store = await ChunkStore.connect(dsn, dimension=DIMENSION)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await store.ping()
+        await conn.execute("ALTER TABLE rag_chunks RENAME TO rag_chunks_gone")
+
+        # A database that answers without the schema is no store: ping says so.
+        with pytest.raises(asyncpg.UndefinedTableError, match="rag_chunks"):
+            await store.ping()
+    finally:
+        await conn.close()
+        await store.close()
 
 
 async def test_an_unreachable_database_is_unavailable() -> None:
@@ -552,7 +578,9 @@ async def test_the_keyword_leg_reads_only_the_postings_index(hnsw_store: Any, mo
 
 
 async def explain(conn: asyncpg.Connection, mode: SearchMode, embedding: str) -> str:
-    query = SearchQuery("hnsw", mode, 10, embedding, "text 7", FieldEquals("bucket", 7), Fusion())
+    query = SearchQuery(
+        "hnsw", mode, 10, embedding, "text 7", FieldEquals("bucket", 7), Fusion(), DEFAULT_EF_SEARCH
+    )
     sql, params = search_sql(query, "english", Bm25())
     return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
 

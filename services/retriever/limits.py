@@ -1,0 +1,78 @@
+"""Limits and defaults only the retriever knows, each written once.
+
+RetrieverSettings take their defaults and bounds from here, and the servicer
+and the store check requests against the same numbers, quoting them in their
+messages. Limits the gateway enforces as well (document ids, top_k, the empty
+delete) live in services.common.limits; those of the schema (dimension, HNSW
+build parameters) in schema.py, next to the DDL they shape.
+"""
+
+from __future__ import annotations
+
+from services.common.limits import MAX_TOP_K
+from services.common.validation import require_range
+
+# Dense search: hnsw.ef_search when a request sets none (bench/hnsw.py measures
+# recall and latency around it), and the most pgvector accepts.
+DEFAULT_EF_SEARCH = 100
+MAX_EF_SEARCH = 1000
+
+# A keyword query is a question, not a document; far longer text is a caller bug.
+MAX_QUERY_TEXT_CHARS = 10_000
+
+# Reciprocal rank fusion (hybrid.py). The defaults come from SciFact train
+# (bench/keyword_leg.py --sweep): rrf_k 2..10 with equal weights all give
+# nDCG@10 0.726..0.728, against 0.715 for the customary 60. 10 is the largest k
+# on that plateau: a smaller one hands more of the ranking to each leg's first
+# few places, which suits SciFact (one or two relevant documents per query) but
+# is a narrower bet elsewhere. Weighting either leg up lost; depth 200 gained
+# 0.001 for more time per query.
+DEFAULT_RRF_K = 10.0
+# Far beyond any useful k: 1 / (k + rank) would no longer tell ranks apart.
+MAX_RRF_K = 1_000_000.0
+DEFAULT_LEG_WEIGHT = 1.0
+MAX_LEG_WEIGHT = 1_000_000.0
+# Candidates each leg hands to fusion.
+DEFAULT_CANDIDATE_DEPTH = 100
+MAX_CANDIDATE_DEPTH = 1000
+
+# BM25 (keyword.py): term-frequency saturation k1 and length normalisation b.
+# SciFact barely cares (keyword.py), so the textbook values stay.
+DEFAULT_BM25_K1 = 1.2
+MAX_BM25_K1 = 10.0
+DEFAULT_BM25_B = 0.75
+# b interpolates between no length normalisation (0) and full (1).
+MAX_BM25_B = 1.0
+
+# The rerank stage reorders at most what one search returns, within a budget;
+# pairs of query and text longer than its max length (tokens) are truncated.
+DEFAULT_RERANK_CANDIDATES = 50
+MAX_RERANK_CANDIDATES = MAX_TOP_K
+DEFAULT_RERANK_BUDGET_MS = 1000
+MAX_RERANK_BUDGET_MS = 60_000
+DEFAULT_RERANK_MAX_LENGTH = 512
+
+# One document.
+MAX_CONTENT_HASH_CHARS = 256
+MAX_CHUNKS_PER_DOCUMENT = 50_000
+# A failure reason is shown to people listing failed documents: a sentence, not a log.
+MAX_FAILURE_REASON_CHARS = 2000
+
+# One call.
+MAX_DOCUMENTS_PER_UPSERT = 256
+MAX_IDS_PER_CALL = 10_000
+MAX_FAILURES_PER_CALL = 1000
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+# Connections to the database each replica keeps open at least and at most.
+DEFAULT_POOL_MIN_SIZE = 1
+DEFAULT_POOL_MAX_SIZE = 10
+
+
+def require_ef_search(ef_search: int, field: str = "ef_search") -> int:
+    return require_range(ef_search, field, 1, MAX_EF_SEARCH)
+
+
+def require_page_size(page_size: int, field: str = "page_size") -> int:
+    return require_range(page_size, field, 1, MAX_PAGE_SIZE)

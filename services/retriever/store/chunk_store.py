@@ -1,0 +1,299 @@
+"""ChunkStore: the one object the servicer holds, over a pool of connections.
+
+It opens the pool (after migrating the schema), answers health checks, and for
+every call checks the input (validation.py), takes a connection and hands both
+to the read (reads.py) or write (writes.py) that does the work. Every method
+is scoped to one namespace; no query reads or writes another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import asyncpg
+
+from services.common.errors import InvalidArgument
+from services.common.limits import require_delete_selection
+from services.common.validation import require_namespace
+from services.retriever.filters import Filter
+from services.retriever.hybrid import Fusion, SearchMode, require_fusion
+from services.retriever.keyword import Bm25
+from services.retriever.limits import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_POOL_MAX_SIZE,
+    DEFAULT_POOL_MIN_SIZE,
+    require_ef_search,
+    require_page_size,
+)
+from services.retriever.schema import (
+    DEFAULT_HNSW_EF_CONSTRUCTION,
+    DEFAULT_HNSW_M,
+    DEFAULT_TEXT_SEARCH_CONFIG,
+    MAX_INDEXED_DIMENSION,
+    migrate,
+)
+from services.retriever.store import reads, validation, writes
+from services.retriever.store.connection import acquire, create_pool, session_settings
+from services.retriever.store.records import (
+    DocumentInput,
+    DocumentPage,
+    DocumentState,
+    Embedding,
+    FailureInput,
+    Hit,
+    StoredDocument,
+    UpsertOutcome,
+)
+
+
+class ChunkStore:
+    """Documents and chunks of every namespace, with dense, keyword and hybrid search.
+
+    Searches run dense (HNSW, cosine), keyword (BM25, see keyword.py) or hybrid
+    (both, fused by reciprocal rank fusion, see hybrid.py), each as one
+    statement. Each namespace has an index version, bumped by every write that
+    changes what a search can find, and failure records of documents whose
+    ingestion failed, cleared by the document's next successful upsert or its
+    delete.
+
+    Caller input is refused with InvalidArgument before any SQL runs; a
+    database that cannot be reached surfaces as Unavailable.
+
+    The store owns `pool` and closes it in `close()`. Use `connect()` to build
+    one: it migrates the schema and registers the codecs the store relies on.
+    `text_search_config` must be the one the schema was migrated with.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        dimension: int,
+        default_ef_search: int = DEFAULT_EF_SEARCH,
+        text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG,
+        bm25: Bm25 | None = None,
+        default_fusion: Fusion | None = None,
+    ) -> None:
+        if not 1 <= dimension <= MAX_INDEXED_DIMENSION:
+            raise ValueError(f"dimension must be 1..{MAX_INDEXED_DIMENSION}, got {dimension}")
+        default_fusion = default_fusion or Fusion()
+        # Configuration, not caller input: the request checks, raised as ValueError.
+        try:
+            require_ef_search(default_ef_search, "default_ef_search")
+            require_fusion(default_fusion, "default_fusion")
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        self._pool = pool
+        self._dimension = dimension
+        self._default_ef_search = default_ef_search
+        self._text_search_config = text_search_config
+        self._bm25 = bm25 or Bm25()
+        self._default_fusion = default_fusion
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        dimension: int,
+        hnsw_m: int = DEFAULT_HNSW_M,
+        hnsw_ef_construction: int = DEFAULT_HNSW_EF_CONSTRUCTION,
+        default_ef_search: int = DEFAULT_EF_SEARCH,
+        text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG,
+        bm25: Bm25 | None = None,
+        default_fusion: Fusion | None = None,
+        min_pool_size: int = DEFAULT_POOL_MIN_SIZE,
+        max_pool_size: int = DEFAULT_POOL_MAX_SIZE,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> ChunkStore:
+        """Migrate the schema, then open a pool whose connections speak `vector` and `jsonb`.
+
+        `server_settings` adds session settings for every connection (e.g.
+        statement_timeout); see connection.session_settings for the defaults.
+        RuntimeError when the database cannot hold what the settings ask for:
+        another embedding dimension, or a text search configuration it does
+        not have or did not build the keyword index with.
+        """
+        settings = session_settings(server_settings)
+        # The vector type must exist before a connection can register its
+        # codec, so the migration runs on a plain connection first.
+        conn = await asyncpg.connect(dsn, server_settings=settings)
+        try:
+            await migrate(
+                conn,
+                dimension=dimension,
+                hnsw_m=hnsw_m,
+                hnsw_ef_construction=hnsw_ef_construction,
+                text_search_config=text_search_config,
+            )
+        finally:
+            await conn.close()
+        pool = await create_pool(dsn, settings, min_size=min_pool_size, max_size=max_pool_size)
+        return cls(
+            pool,
+            dimension=dimension,
+            default_ef_search=default_ef_search,
+            text_search_config=text_search_config,
+            bm25=bm25,
+            default_fusion=default_fusion,
+        )
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def default_fusion(self) -> Fusion:
+        """Fusion settings a hybrid search uses when it is given none."""
+        return self._default_fusion
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        """Return once the database answers with the schema in place.
+
+        Unavailable when it does not answer; the database's own error (an
+        UndefinedTableError) when it answers without the schema.
+        """
+        async with acquire(self._pool) as conn:
+            await conn.execute("SELECT 1 FROM rag_chunks LIMIT 0")
+
+    async def upsert(self, namespace: str, documents: Sequence[DocumentInput]) -> list[UpsertOutcome]:
+        """Store each document whole, or leave its previous version as it was.
+
+        Every document is validated before any is written. Each is then written
+        in its own transaction, so a failure part-way through a batch keeps the
+        documents before it (a retry reports them UNCHANGED).
+        """
+        require_namespace(namespace)
+        prepared = validation.prepare_documents(documents, self._dimension)
+        if not prepared:
+            return []
+        async with acquire(self._pool) as conn:
+            return await writes.upsert(conn, namespace, prepared, self._text_search_config)
+
+    async def delete(
+        self, namespace: str, document_ids: Sequence[str] = (), filter: Filter | None = None
+    ) -> tuple[int, int]:
+        """Delete the listed documents and those whose metadata match `filter`.
+
+        Returns (documents, chunks) deleted. The failure records of the listed
+        ids (stored or not) and of the documents deleted go too. With neither
+        ids nor filter, InvalidArgument.
+        """
+        require_namespace(namespace)
+        require_delete_selection(bool(document_ids), filter is not None)
+        ids = validation.require_document_ids(document_ids)
+        async with acquire(self._pool) as conn:
+            return await writes.delete(conn, namespace, ids, filter)
+
+    async def search(
+        self,
+        namespace: str,
+        top_k: int,
+        *,
+        mode: SearchMode = SearchMode.HYBRID,
+        embedding: Embedding | None = None,
+        text: str | None = None,
+        filter: Filter | None = None,
+        ef_search: int | None = None,
+        fusion: Fusion | None = None,
+    ) -> list[Hit]:
+        """The top_k chunks for the query, best first.
+
+        DENSE ranks by cosine similarity to `embedding` (score = 1 - distance),
+        KEYWORD by BM25 over `text`, HYBRID fuses both (see hybrid.py; `fusion`
+        unset takes the store's defaults). Each hit carries its rank and score
+        in each leg that found it. `filter` applies to every leg.
+        """
+        query = validation.prepare_search(
+            namespace,
+            top_k,
+            mode=mode,
+            embedding=embedding,
+            text=text,
+            filter=filter,
+            ef_search=self._default_ef_search if ef_search is None else ef_search,
+            fusion=fusion or self._default_fusion,
+            dimension=self._dimension,
+        )
+        async with acquire(self._pool) as conn:
+            return await reads.search(conn, query, self._text_search_config, self._bm25)
+
+    async def search_dense(
+        self,
+        namespace: str,
+        embedding: Embedding,
+        top_k: int,
+        *,
+        filter: Filter | None = None,
+        ef_search: int | None = None,
+    ) -> list[Hit]:
+        """The top_k chunks nearest to `embedding` by cosine distance; score = 1 - distance."""
+        return await self.search(
+            namespace, top_k, mode=SearchMode.DENSE, embedding=embedding, filter=filter, ef_search=ef_search
+        )
+
+    async def search_keyword(
+        self, namespace: str, text: str, top_k: int, *, filter: Filter | None = None
+    ) -> list[Hit]:
+        """The top_k chunks by BM25 score for `text`."""
+        return await self.search(namespace, top_k, mode=SearchMode.KEYWORD, text=text, filter=filter)
+
+    async def stored_documents(self, namespace: str, document_ids: Sequence[str]) -> list[StoredDocument]:
+        """What is stored for these ids, in the order asked; ids not stored are absent."""
+        require_namespace(namespace)
+        ids = validation.require_document_ids(document_ids)
+        if not ids:
+            return []
+        async with acquire(self._pool) as conn:
+            return await reads.stored_documents(conn, namespace, ids)
+
+    async def content_hashes(self, namespace: str, document_ids: Sequence[str]) -> dict[str, str]:
+        """Stored content hash by document id; ids not stored are absent."""
+        return {d.document_id: d.content_hash for d in await self.stored_documents(namespace, document_ids)}
+
+    async def index_version(self, namespace: str) -> int:
+        """The namespace's index version; 0 if it was never written.
+
+        One more for every upsert that created or updated a document and every
+        delete that removed one, committed in the same transaction.
+        """
+        require_namespace(namespace)
+        async with acquire(self._pool) as conn:
+            return await reads.index_version(conn, namespace)
+
+    async def record_failures(self, namespace: str, failures: Sequence[FailureInput]) -> None:
+        """Record (or replace) each document's failure, stamped now.
+
+        A stored version of the document stays as it was and the index version
+        does not move: nothing a search can find has changed.
+        """
+        require_namespace(namespace)
+        prepared = validation.prepare_failures(failures)
+        if not prepared:
+            return
+        async with acquire(self._pool) as conn:
+            await writes.record_failures(conn, namespace, prepared)
+
+    async def list_documents(
+        self,
+        namespace: str,
+        *,
+        state: DocumentState = DocumentState.ALL,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        after: str = "",
+    ) -> DocumentPage:
+        """Up to page_size documents in `state` whose ids sort after `after`, ordered by id.
+
+        A stored document with a failure record shows both its stored fields
+        and the failure, in every state that lists it.
+        """
+        require_namespace(namespace)
+        require_page_size(page_size)
+        if "\x00" in after:
+            raise InvalidArgument("after must not contain NUL characters", field="after")
+        async with acquire(self._pool) as conn:
+            return await reads.list_documents(conn, namespace, state, page_size, after)

@@ -1,0 +1,134 @@
+"""Reads: search, stored hashes, index versions and document listings, with the SQL they run.
+
+Each function takes a connection and input the store has already validated,
+and changes nothing, so any of them may run on a read replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.retriever.hybrid import DENSE_SEARCH_SETTINGS_SQL, SearchMode, SearchQuery, search_sql
+from services.retriever.keyword import Bm25
+from services.retriever.store.records import (
+    DocumentFailure,
+    DocumentInfo,
+    DocumentPage,
+    DocumentState,
+    Hit,
+    LegScore,
+    StoredDocument,
+)
+
+_STORED_DOCUMENTS_SQL = """
+SELECT document_id, content_hash, chunk_count FROM rag_documents
+WHERE namespace = $1 AND document_id = ANY($2::text[])
+"""
+
+_INDEX_VERSION_SQL = "SELECT version FROM rag_keyword_stats WHERE namespace = $1"
+
+# Keyset pagination: $2 is the last id of the previous page ('' sorts before
+# any id), $3 the page size plus one, to tell whether another page follows.
+# Ids sort by the database's collation, the order of the primary keys' indexes,
+# so each page reads one index range and never skips rows the way OFFSET would.
+_LIST_COLUMNS = """
+SELECT document_id, coalesce(d.title, f.title) AS title, coalesce(d.chunk_count, 0) AS chunk_count,
+       coalesce(d.content_hash, '') AS content_hash, d.updated_at, f.reason, f.failed_at
+FROM """
+
+# Every id that is stored or failed. Each side reads at most its first $3 ids:
+# an id among the first $3 of the union is among the first $3 of each side
+# that holds it.
+_LIST_SOURCES = {
+    DocumentState.ALL: """(
+    SELECT document_id, title, chunk_count, content_hash, updated_at FROM rag_documents
+    WHERE namespace = $1 AND document_id > $2 ORDER BY document_id LIMIT $3
+) d FULL JOIN (
+    SELECT document_id, title, reason, failed_at FROM rag_document_failures
+    WHERE namespace = $1 AND document_id > $2 ORDER BY document_id LIMIT $3
+) f USING (document_id)
+ORDER BY document_id""",
+    DocumentState.INDEXED: """rag_documents d LEFT JOIN rag_document_failures f USING (namespace, document_id)
+WHERE d.namespace = $1 AND d.document_id > $2
+ORDER BY d.document_id""",
+    DocumentState.FAILED: """rag_document_failures f LEFT JOIN rag_documents d USING (namespace, document_id)
+WHERE f.namespace = $1 AND f.document_id > $2
+ORDER BY f.document_id""",
+}
+
+
+async def search(
+    conn: asyncpg.Connection, query: SearchQuery, text_search_config: str, bm25: Bm25
+) -> list[Hit]:
+    """The query's hits, best first, in one statement (see hybrid.py)."""
+    sql, params = search_sql(query, text_search_config, bm25)
+    if query.mode is SearchMode.KEYWORD:
+        rows = await conn.fetch(sql, *params)
+    else:
+        # The HNSW settings are transaction-local: they end with the search.
+        async with conn.transaction(readonly=True):
+            await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(query.ef_search))
+            rows = await conn.fetch(sql, *params)
+    return [_hit(row) for row in rows]
+
+
+async def stored_documents(
+    conn: asyncpg.Connection, namespace: str, document_ids: Sequence[str]
+) -> list[StoredDocument]:
+    """What is stored for these ids, in the order asked, each once; ids not stored are absent."""
+    if not document_ids:
+        return []
+    rows = await conn.fetch(_STORED_DOCUMENTS_SQL, namespace, list(document_ids))
+    stored = {
+        row["document_id"]: StoredDocument(row["document_id"], row["content_hash"], row["chunk_count"])
+        for row in rows
+    }
+    return [stored[i] for i in dict.fromkeys(document_ids) if i in stored]
+
+
+async def index_version(conn: asyncpg.Connection, namespace: str) -> int:
+    version = await conn.fetchval(_INDEX_VERSION_SQL, namespace)
+    return 0 if version is None else int(version)
+
+
+async def list_documents(
+    conn: asyncpg.Connection, namespace: str, state: DocumentState, page_size: int, after: str
+) -> DocumentPage:
+    rows = await conn.fetch(
+        _LIST_COLUMNS + _LIST_SOURCES[state] + "\nLIMIT $3", namespace, after, page_size + 1
+    )
+    documents = [_document_info(row) for row in rows[:page_size]]
+    more = len(rows) > page_size
+    return DocumentPage(documents, documents[-1].document_id if more else None)
+
+
+def _hit(row: asyncpg.Record) -> Hit:
+    return Hit(
+        document_id=row["document_id"],
+        chunk_index=row["chunk_index"],
+        text=row["text"],
+        title=row["title"],
+        metadata=row["metadata"],
+        score=float(row["score"]),
+        dense=_leg_score(row["dense_rank"], row["dense_score"]),
+        keyword=_leg_score(row["keyword_rank"], row["keyword_score"]),
+        pages=tuple(row["pages"]),
+    )
+
+
+def _leg_score(rank: int | None, score: float | None) -> LegScore | None:
+    return None if rank is None or score is None else LegScore(int(rank), float(score))
+
+
+def _document_info(row: asyncpg.Record) -> DocumentInfo:
+    failure = None if row["reason"] is None else DocumentFailure(row["reason"], row["failed_at"])
+    return DocumentInfo(
+        document_id=row["document_id"],
+        title=row["title"],
+        chunk_count=row["chunk_count"],
+        content_hash=row["content_hash"],
+        updated_at=row["updated_at"],
+        failure=failure,
+    )

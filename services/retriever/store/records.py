@@ -1,0 +1,127 @@
+"""The values the store takes and gives back: documents to write, hits, listings.
+
+Plain frozen dataclasses and enums, with no database or gRPC in them, so the
+servicer, the rerank stage and benchmarks can use them without a connection.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+Embedding: TypeAlias = Sequence[float] | npt.NDArray[np.floating[Any]]
+"""A list of floats or a 1-d numpy array, as the embedder hands them over."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInput:
+    index: int
+    text: str
+    embedding: Embedding
+    start_char: int
+    end_char: int
+    # 1-based pages of the source file the chunk spans, increasing; empty when the source has none.
+    pages: Sequence[int] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInput:
+    document_id: str
+    # Hash of the content the chunks were made from; an equal stored hash means nothing to write.
+    content_hash: str
+    title: str
+    metadata: Mapping[str, Any]
+    chunks: Sequence[ChunkInput]
+
+
+class UpsertStatus(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertOutcome:
+    document_id: str
+    status: UpsertStatus
+    chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInput:
+    """A document whose ingestion failed, and why: shown to whoever lists failed documents."""
+
+    document_id: str
+    title: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegScore:
+    """Where a hit stood in one leg of the search: 1-based rank and that leg's score."""
+
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    document_id: str
+    chunk_index: int
+    text: str
+    title: str
+    metadata: dict[str, Any]
+    score: float
+    dense: LegScore | None
+    keyword: LegScore | None
+    pages: tuple[int, ...]
+    # Set when the cross-encoder reordered the hits; score then equals it.
+    rerank_score: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    document_id: str
+    content_hash: str
+    chunk_count: int
+
+
+class DocumentState(enum.Enum):
+    """Which documents a listing shows."""
+
+    ALL = "all"
+    # Stored, searchable.
+    INDEXED = "indexed"
+    # With a failure record (an older version may still be stored).
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentFailure:
+    reason: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    document_id: str
+    # The stored title, else the one the failure was recorded with.
+    title: str
+    # 0, "" and None when the document is not stored, only failed.
+    chunk_count: int
+    content_hash: str
+    updated_at: datetime | None
+    failure: DocumentFailure | None
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentPage:
+    documents: list[DocumentInfo]
+    # The last document id of this page when more follow, to pass as `after`; None on the last page.
+    next_after: str | None

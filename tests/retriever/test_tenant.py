@@ -1,0 +1,143 @@
+"""The retriever's tenant check: a call vouched for some namespaces touches no other.
+
+The gateway names the namespaces it authorized a call for in TENANT_HEADER;
+every RPC that names a namespace refuses any other with PERMISSION_DENIED,
+before it reads or writes anything. A call without the header is trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeAlias
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.message import Message
+
+from rag.common.v1 import common_pb2
+from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.common.deferred import Deferred
+from services.common.tenant import TENANT_HEADER
+from services.retriever.servicer import RetrieverServicer
+from services.retriever.store import ChunkStore
+from services.retriever.store.records import ChunkInput, DocumentInput, DocumentState
+from tests.retriever.conftest import DIMENSION
+from tests.retriever.serving import refusal, serving
+
+# Only the stubs' type hints know the async stub; at run time it is the plain one.
+Stub: TypeAlias = "retriever_pb2_grpc.RetrieverServiceAsyncStub"
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+# One call of one RPC in a namespace, with the given metadata.
+Call = Callable[[Stub, str, Metadata], Awaitable[object]]
+
+rng = np.random.default_rng(20240620)
+
+
+def _upsert(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    chunk = retriever_pb2.ChunkRecord(
+        text="whales", embedding=rng.standard_normal(DIMENSION).tolist(), end_char=6
+    )
+    record = retriever_pb2.DocumentRecord(document_id="new", content_hash="h", chunks=[chunk])
+    return retriever.Upsert(
+        retriever_pb2.UpsertRequest(namespace=namespace, documents=[record]), metadata=metadata
+    )
+
+
+def _get_document_hashes(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    request = retriever_pb2.GetDocumentHashesRequest(namespace=namespace, document_ids=["kept"])
+    return retriever.GetDocumentHashes(request, metadata=metadata)
+
+
+def _record_failures(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    failed = retriever_pb2.FailedDocument(document_id="kept", reason="not a PDF")
+    request = retriever_pb2.RecordFailuresRequest(namespace=namespace, documents=[failed])
+    return retriever.RecordFailures(request, metadata=metadata)
+
+
+def _search(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    request = retriever_pb2.SearchRequest(
+        namespace=namespace, query_text="whales", top_k=1, mode=common_pb2.SEARCH_MODE_KEYWORD
+    )
+    return retriever.Search(request, metadata=metadata)
+
+
+def _delete(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    request = retriever_pb2.DeleteRequest(namespace=namespace, document_ids=["kept"])
+    return retriever.Delete(request, metadata=metadata)
+
+
+def _list_documents(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    return retriever.ListDocuments(retriever_pb2.ListDocumentsRequest(namespace=namespace), metadata=metadata)
+
+
+def _get_index_version(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    request = retriever_pb2.GetIndexVersionRequest(namespace=namespace)
+    return retriever.GetIndexVersion(request, metadata=metadata)
+
+
+CALLS: dict[str, Call] = {
+    "Upsert": _upsert,
+    "GetDocumentHashes": _get_document_hashes,
+    "RecordFailures": _record_failures,
+    "Search": _search,
+    "Delete": _delete,
+    "ListDocuments": _list_documents,
+    "GetIndexVersion": _get_index_version,
+}
+
+
+_METHODS = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].methods_by_name
+
+
+def test_every_rpc_is_covered() -> None:
+    assert set(CALLS) == set(_METHODS)
+
+
+@pytest.fixture
+async def retriever(store: ChunkStore, namespace: str) -> AsyncIterator[Stub]:
+    """The retriever, with one document "kept" in `namespace`."""
+    text = "whales"
+    kept = DocumentInput(
+        "kept", "h", "", {}, [ChunkInput(0, text, rng.standard_normal(DIMENSION), 0, len(text))]
+    )
+    await store.upsert(namespace, [kept])
+    deferred: Deferred[ChunkStore] = Deferred("the store")
+    deferred.resolve(store)
+    async with serving(RetrieverServicer(deferred)) as stub:
+        yield stub
+
+
+async def _snapshot(store: ChunkStore, namespace: str) -> tuple[object, ...]:
+    listed = await store.list_documents(namespace, state=DocumentState.ALL)
+    return await store.index_version(namespace), listed.documents
+
+
+@pytest.mark.parametrize("rpc", list(CALLS))
+async def test_a_namespace_outside_the_header_is_refused_and_left_alone(
+    retriever: Stub, store: ChunkStore, namespace: str, rpc: str
+) -> None:
+    other = f"{namespace}-other"
+    await store.upsert(
+        other, [DocumentInput("kept", "h", "", {}, [ChunkInput(0, "whales", np.ones(DIMENSION), 0, 6)])]
+    )
+    before = await _snapshot(store, other)
+    vouched = ((TENANT_HEADER, f"{namespace}-third, {namespace}"),)
+
+    error = await refusal(CALLS[rpc](retriever, other, vouched), grpc.StatusCode.PERMISSION_DENIED)
+
+    assert repr(other) in (error.details() or "")
+    assert await _snapshot(store, other) == before
+
+
+@pytest.mark.parametrize("vouched", [True, False], ids=["namespace in the header", "no header"])
+@pytest.mark.parametrize("rpc", list(CALLS))
+async def test_a_vouched_or_unvouched_call_is_served(
+    retriever: Stub, namespace: str, rpc: str, vouched: bool
+) -> None:
+    metadata = ((TENANT_HEADER, f"{namespace}-third, {namespace}"),) if vouched else ()
+
+    response = await CALLS[rpc](retriever, namespace, metadata)
+
+    assert isinstance(response, Message)
+    assert response.DESCRIPTOR.full_name == _METHODS[rpc].output_type.full_name
