@@ -3,8 +3,10 @@
 Once the services behind it are saturated, every call admitted on top only
 makes all calls slower, until deadlines expire everywhere. Refusing the excess
 at once, with RESOURCE_EXHAUSTED and a hint of when to retry, keeps the latency
-of the admitted calls bounded and tells clients to back off. Health checks and
-reflection never come here, so probes still answer under overload.
+of the admitted calls bounded and tells clients to back off. The access
+interceptor (gateway/access.py) admits a call once its key and namespace are
+checked; health checks and reflection never come here, so probes still answer
+under overload.
 """
 
 from __future__ import annotations

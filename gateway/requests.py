@@ -21,10 +21,10 @@ from gateway import formats
 from gateway.config import GatewaySettings
 from rag.gateway.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
+from services.common.limits import require_document_id, require_top_k
 from services.common.struct_values import struct_to_dict
 from services.common.validation import require_range, require_text
 
-MAX_DOCUMENT_ID_CHARS = 256
 MAX_TITLE_CHARS = 1000
 
 
@@ -68,7 +68,7 @@ class IncomingDocument:
 def top_k(options: gateway_pb2.RetrievalOptions, settings: GatewaySettings, field: str) -> int:
     if not options.HasField("top_k"):
         return settings.default_top_k
-    return require_range(options.top_k, field, 1, 100)
+    return require_top_k(options.top_k, field)
 
 
 def question(text: str, settings: GatewaySettings, field: str) -> str:
@@ -92,11 +92,7 @@ def documents(protos: Sequence[gateway_pb2.Document], settings: GatewaySettings)
 
 
 def _document(proto: gateway_pb2.Document, field: str, settings: GatewaySettings) -> IncomingDocument:
-    if not proto.id.strip() or len(proto.id) > MAX_DOCUMENT_ID_CHARS:
-        raise InvalidArgument(
-            f"{field}.id must be 1..{MAX_DOCUMENT_ID_CHARS} characters and not blank, got {proto.id!r:.80}",
-            field=f"{field}.id",
-        )
+    require_document_id(proto.id, f"{field}.id")
     if len(proto.title) > MAX_TITLE_CHARS:
         raise InvalidArgument(
             f"{field}.title must be at most {MAX_TITLE_CHARS} characters", field=f"{field}.title"

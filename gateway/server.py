@@ -3,16 +3,19 @@ from __future__ import annotations
 import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
+from gateway.access import AccessInterceptor
+from gateway.admission import Admission
 from gateway.answer_cache import AnswerCache
 from gateway.auth import Authorizer
 from gateway.config import GatewaySettings
-from gateway.pipeline import Pipeline
+from gateway.ingest import IngestPipeline
+from gateway.query import QueryPipeline
 from gateway.servicer import GatewayServicer
 from gateway.upstream import Upstreams
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from services.common.server import ServiceBinding, serve
 
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
 
 
 async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> None:
@@ -29,10 +32,15 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         policy=settings.channel_policy,
     )
     answers = AnswerCache(settings.answer_cache_size, settings.answer_cache_ttl_s)
-    pipeline = Pipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window, answers)
-    servicer = GatewayServicer(pipeline, settings, authorizer)
+    servicer = GatewayServicer(
+        QueryPipeline(upstreams, answers),
+        IngestPipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window),
+        settings,
+    )
+    access = AccessInterceptor(SERVICE, authorizer, Admission(settings.max_in_flight))
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
 
-    await serve(settings, ServiceBinding([SERVICE_NAME], register, stop=upstreams.close), tracer_provider)
+    binding = ServiceBinding([SERVICE.full_name], register, stop=upstreams.close, interceptors=[access])
+    await serve(settings, binding, tracer_provider)

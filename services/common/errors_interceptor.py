@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
 from services.common.errors import ServiceError
-from services.common.handlers import rewrapped
+from services.common.handlers import Handler, HandlerInterceptor, rewrapped
 from services.common.telemetry import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -135,16 +135,9 @@ async def _checking_each(
         yield request
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+class ErrorInterceptor(HandlerInterceptor):
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        method = details.method
         return rewrapped(
             handler,
             wrap_unary=lambda behavior: _wrap_unary(behavior, method),

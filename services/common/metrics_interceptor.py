@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from opentelemetry import metrics
 
-from services.common.handlers import rewrapped
+from services.common.handlers import Handler, HandlerInterceptor, rewrapped
 from services.common.metrics import LATENCY_BUCKETS_S
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -41,7 +41,7 @@ def final_status(context: Context, error: BaseException | None) -> grpc.StatusCo
     return grpc.StatusCode.UNKNOWN  # what grpc.aio answers for an unhandled exception
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(HandlerInterceptor):
     def __init__(self, namespace: str, measured: Callable[[grpc.HandlerCallDetails], bool]) -> None:
         """namespace: rag.<service>; measured: which calls count (not health checks or reflection)."""
         meter = metrics.get_meter(__name__)
@@ -94,17 +94,12 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        # An unknown method (handler None) is answered UNIMPLEMENTED by gRPC and not
-        # counted: its name is whatever the caller sent, unbounded as a label.
-        if handler is None or not self._measured(handler_call_details):
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        # An unknown method never gets here (HandlerInterceptor): its name is
+        # whatever the caller sent, unbounded as a label.
+        if not self._measured(details):
             return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        service, _, method = details.method.lstrip("/").rpartition("/")
         attributes = {"rpc.service": service, "rpc.method": method}
         return rewrapped(
             handler,

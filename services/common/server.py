@@ -45,6 +45,11 @@ class ServiceBinding:
     start: Callable[[], Coroutine[Any, Any, None]] = _nothing
     # Releases the dependency after the server has stopped.
     stop: Callable[[], Coroutine[Any, Any, None]] = _nothing
+    # The service's own cross-cutting checks (the gateway's authentication and
+    # admission), run in this order before its handlers. They sit inside the
+    # shared ones, so a ServiceError they raise becomes its status like a
+    # handler's would, and traces and RPC metrics record that status.
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 
 
 def untraced_calls() -> filters.Condition[grpc.HandlerCallDetails]:
@@ -63,6 +68,7 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
             # Outside ErrorInterceptor: it sees the status an exception was turned into.
             MetricsInterceptor(namespace_of(binding.service_names[0]), untraced_calls()),
             ErrorInterceptor(),
+            *binding.interceptors,
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),

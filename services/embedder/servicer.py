@@ -13,6 +13,7 @@ from opentelemetry import trace
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import InvalidArgument
+from services.common.limits import max_chunk_tokens, require_chunking
 from services.common.timing import StageTimer
 from services.common.validation import require_range
 from services.embedder.batcher import DynamicBatcher
@@ -159,15 +160,16 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServiceServicer):
                 field="text",
             )
         model = self._embedder.value.model
-        limit = model.max_tokens - 2  # room for the [CLS] and [SEP] the model adds
-        max_tokens = request.max_tokens or min(self._settings.default_chunk_tokens, limit)
-        require_range(max_tokens, "max_tokens", 16, limit)
+        # The defaults are fitted to the model; what the caller sets is checked as it is.
+        max_tokens = request.max_tokens or min(
+            self._settings.default_chunk_tokens, max_chunk_tokens(model.max_tokens)
+        )
         overlap = (
             request.overlap_tokens
             if request.HasField("overlap_tokens")
             else min(self._settings.default_chunk_overlap, max_tokens // 2)
         )
-        require_range(overlap, "overlap_tokens", 0, max_tokens // 2)
+        require_chunking(max_tokens, overlap, model.max_tokens)
         timer = StageTimer(self._tracer, "rag.embedder")
         with timer.stage("chunk"):
             chunker = TokenChunker(model.chunk_tokenizer)

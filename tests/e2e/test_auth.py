@@ -8,29 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway import keys
-from gateway.auth import TENANT_HEADER
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from rag_cli.main import main
 from rag_cli.stack import Stack
+from services.common.tenant import TENANT_HEADER
 from tests.e2e.replicas import Replicas
 from tests.otlp_receiver import OtlpReceiver
 
 NAME = "gateway-auth"
 Metadata = tuple[tuple[str, str], ...]
+# The span attribute that names the caller's key (never the key itself).
+KEY_ID = "rag.gateway.api_key_id"
+MALFORMED_NAMESPACE = "Team A!"
 
 
 @dataclass(frozen=True)
@@ -92,56 +96,65 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         processes.stop()
 
 
-def complete(call: Callable[[], Any]) -> None:
+def complete(call: Callable[[], object]) -> None:
     result = call()
-    if not hasattr(result, "SerializeToString"):
-        list(result)  # a stream fails when read
+    if not isinstance(result, Message):
+        list(cast(Iterable[object], result))  # a stream fails when read
 
 
-def rejection(call: Callable[[], Any]) -> grpc.RpcError:
+def rejection(call: Callable[[], object]) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as raised:
         complete(call)
     return raised.value
 
 
 def code_and_details(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
-    return error.code(), error.details()  # type: ignore[attr-defined]
+    return error.code(), error.details() or ""
 
 
-def calls(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, metadata: Metadata) -> dict[str, Any]:
-    """One call of each namespaced RPC, deletes both by id and by filter."""
+def valid_requests(namespace: str) -> dict[str, Message]:
+    """One request for each namespaced RPC, deletes both by id and by filter."""
     ask = gateway_pb2.AskRequest(namespace=namespace, question="When do backups run?")
     on_topic = common_pb2.MetadataFilter(
         field=common_pb2.FieldCondition(key="topic", equals=common_pb2.ScalarValue(string_value="x"))
     )
     document = gateway_pb2.Document(id="d", title="t", text="Some text to store.")
     return {
-        "Ask": lambda: gateway.Ask(ask, metadata=metadata, timeout=60),
-        "AskStream": lambda: gateway.AskStream(
-            gateway_pb2.AskStreamRequest(request=ask), metadata=metadata, timeout=60
-        ),
-        "Search": lambda: gateway.Search(
-            gateway_pb2.SearchRequest(namespace=namespace, query="backups"), metadata=metadata, timeout=60
-        ),
-        "IngestDocuments": lambda: gateway.IngestDocuments(
-            gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[document]),
-            metadata=metadata,
-            timeout=60,
-        ),
-        "DeleteDocuments(ids)": lambda: gateway.DeleteDocuments(
-            gateway_pb2.DeleteDocumentsRequest(namespace=namespace, document_ids=["d"]),
-            metadata=metadata,
-            timeout=60,
-        ),
-        "DeleteDocuments(filter)": lambda: gateway.DeleteDocuments(
-            gateway_pb2.DeleteDocumentsRequest(namespace=namespace, filter=on_topic),
-            metadata=metadata,
-            timeout=60,
-        ),
-        "ListDocuments": lambda: gateway.ListDocuments(
-            gateway_pb2.ListDocumentsRequest(namespace=namespace), metadata=metadata, timeout=60
-        ),
+        "Ask": ask,
+        "AskStream": gateway_pb2.AskStreamRequest(request=ask),
+        "Search": gateway_pb2.SearchRequest(namespace=namespace, query="backups"),
+        "IngestDocuments": gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[document]),
+        "DeleteDocuments(ids)": gateway_pb2.DeleteDocumentsRequest(namespace=namespace, document_ids=["d"]),
+        "DeleteDocuments(filter)": gateway_pb2.DeleteDocumentsRequest(namespace=namespace, filter=on_topic),
+        "ListDocuments": gateway_pb2.ListDocumentsRequest(namespace=namespace),
     }
+
+
+def requests_wrong_but_for_the_namespace(namespace: str) -> dict[str, Message]:
+    """One request for each namespaced RPC, each refused by its handler whatever the namespace."""
+    empty_question = gateway_pb2.AskRequest(namespace=namespace, question=" ")
+    return {
+        "Ask": empty_question,
+        "AskStream": gateway_pb2.AskStreamRequest(request=empty_question),
+        "Search": gateway_pb2.SearchRequest(
+            namespace=namespace, query="", retrieval=gateway_pb2.RetrievalOptions(top_k=0)
+        ),
+        "IngestDocuments": gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[]),
+        "DeleteDocuments": gateway_pb2.DeleteDocumentsRequest(namespace=namespace),
+        "ListDocuments": gateway_pb2.ListDocumentsRequest(namespace=namespace, page_size=-1),
+    }
+
+
+def calls(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, requests: dict[str, Message], metadata: Metadata
+) -> dict[str, Callable[[], object]]:
+    """Each request sent to the RPC it is for: AskStreamRequest to AskStream, and so on."""
+
+    def call(request: Message) -> Callable[[], object]:
+        rpc: Callable[..., object] = getattr(gateway, request.DESCRIPTOR.name.removesuffix("Request"))
+        return lambda: rpc(request, metadata=metadata, timeout=60)
+
+    return {label: call(request) for label, request in requests.items()}
 
 
 def test_calls_without_a_valid_key_are_unauthenticated(tenants: Tenants) -> None:
@@ -155,7 +168,7 @@ def test_calls_without_a_valid_key_are_unauthenticated(tenants: Tenants) -> None
         "revoked": bearer(tenants.revoked),
     }
     for attempt, metadata in attempts.items():
-        for rpc, call in calls(tenants.gateway, tenants.own, metadata).items():
+        for rpc, call in calls(tenants.gateway, valid_requests(tenants.own), metadata).items():
             code, details = code_and_details(rejection(call))
             assert code == grpc.StatusCode.UNAUTHENTICATED, (attempt, rpc, details)
             assert tenants.key_a not in details
@@ -177,11 +190,45 @@ def test_health_and_reflection_need_no_key(tenants: Tenants) -> None:
 
 
 def test_every_rpc_on_another_tenants_namespace_is_permission_denied(tenants: Tenants) -> None:
-    for rpc, call in calls(tenants.gateway, tenants.other, bearer(tenants.key_a)).items():
+    for rpc, call in calls(tenants.gateway, valid_requests(tenants.other), bearer(tenants.key_a)).items():
         code, details = code_and_details(rejection(call))
         assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, details)
         assert repr(tenants.other) in details
         assert tenants.key_a not in details
+
+
+def test_every_rpc_checks_the_key_then_the_namespace_then_the_grant_before_the_request(
+    tenants: Tenants,
+) -> None:
+    # Requests a handler would refuse: each status here comes from a check made before the handler.
+    cases = {
+        "no key, malformed namespace": (MALFORMED_NAMESPACE, (), grpc.StatusCode.UNAUTHENTICATED),
+        "valid key, malformed namespace": (
+            MALFORMED_NAMESPACE,
+            bearer(tenants.key_a),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "valid key, a namespace it does not grant": (
+            tenants.other,
+            bearer(tenants.key_a),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+    }
+    expected: dict[tuple[str, str], grpc.StatusCode] = {}
+    outcomes: dict[tuple[str, str], grpc.StatusCode] = {}
+    namespace_refusals: list[str] = []
+    for case, (namespace, metadata, status) in cases.items():
+        requests = requests_wrong_but_for_the_namespace(namespace)
+        for rpc, call in calls(tenants.gateway, requests, metadata).items():
+            code, details = code_and_details(rejection(call))
+            expected[case, rpc] = status
+            outcomes[case, rpc] = code
+            if status == grpc.StatusCode.INVALID_ARGUMENT:
+                namespace_refusals.append(details)
+
+    assert outcomes == expected
+    for details in namespace_refusals:
+        assert "namespace must be lower-case" in details, details
 
 
 def test_a_key_works_on_its_own_namespace_and_filters_cannot_reach_another(tenants: Tenants) -> None:
@@ -289,14 +336,14 @@ def test_revocation_takes_effect_without_a_restart(tenants: Tenants) -> None:
     keys.revoke_key(tenants.keys_file, keys.key_id_of(key) or "")
     error = rejection(lambda: tenants.gateway.ListDocuments(listing, metadata=bearer(key), timeout=30))
 
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_the_retriever_refuses_namespaces_outside_the_tenant_header(stack: Stack) -> None:
     with grpc.insecure_channel(stack.target("retriever")) as channel:
         retriever = retriever_pb2_grpc.RetrieverServiceStub(channel)
         vouched = ((TENANT_HEADER, "tenant-x,tenant-y"),)
-        direct: dict[str, Callable[[], Any]] = {
+        direct: dict[str, Callable[[], object]] = {
             "Search": lambda: retriever.Search(
                 retriever_pb2.SearchRequest(
                     namespace="tenant-z", query_text="x", top_k=1, mode=common_pb2.SEARCH_MODE_KEYWORD
@@ -323,19 +370,30 @@ def test_the_retriever_refuses_namespaces_outside_the_tenant_header(stack: Stack
 
 
 def test_keys_never_appear_in_logs_or_spans(tenants: Tenants, otlp_receiver: OtlpReceiver) -> None:
+    # A key of its own goes last: once its last call's span is in, the spans
+    # of all calls before it are too (the gateway exports them in order).
+    last = keys.create_key(tenants.keys_file, (tenants.own,), f"last-{secrets.token_hex(2)}")
+    last_id = keys.key_id_of(last)
+    used = [*tenants.all_keys(), last]
     # Calls of every outcome, so each is logged and traced.
-    for key in tenants.all_keys():
-        for call in calls(tenants.gateway, tenants.own, bearer(key)).values():
+    for key in used:
+        for call in calls(tenants.gateway, valid_requests(tenants.own), bearer(key)).values():
             with contextlib.suppress(grpc.RpcError):
                 complete(call)
     spans = otlp_receiver.wait_for(
-        lambda spans: any(s.instance_id == NAME and s.name.endswith("/ListDocuments") for s in spans)
+        lambda spans: any(
+            s.instance_id == NAME
+            and s.name.endswith("/ListDocuments")
+            and s.attributes.get(KEY_ID) == last_id
+            for s in spans
+        )
     )
-    assert any(s.instance_id == NAME for s in spans), "the gateway exported its spans"
+    key_ids = {s.attributes.get(KEY_ID) for s in spans if s.instance_id == NAME}
+    assert {"team-a", "team-b", last_id} <= key_ids, "spans name the caller's key by its id"
     exported = repr([(s.name, s.attributes) for s in spans])
     logged = tenants.log.read_text(errors="replace")
-    assert "rag.gateway.v1.GatewayService" in logged or "authentication on" in logged
-    for key in tenants.all_keys():
+    assert "authentication on" in logged
+    for key in used:
         secret = key.split("_", 2)[2]
         assert secret not in logged
         assert secret not in exported

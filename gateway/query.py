@@ -1,0 +1,220 @@
+"""The query side: Search, Ask and AskStream, and how their answers are put together.
+
+Search: embed the query (unless keyword-only), then retrieve. Ask: look the
+question up in the answer cache, else search and generate. AskStream: the
+same, the answer sent as it is written: the sources first, then the answer's
+deltas, then the final answer with its citations.
+
+Every downstream call gets the time left of the caller's deadline; every
+retriever call carries the call's tenant (services/common/tenant.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from gateway import instruments
+from gateway.answer_cache import AnswerCache, cache_key
+from gateway.concurrency import Deadline
+from gateway.upstream import Upstreams, calling
+from rag.common.v1 import common_pb2
+from rag.embedder.v1 import embedder_pb2
+from rag.gateway.v1 import gateway_pb2
+from rag.generator.v1 import generator_pb2
+from rag.retriever.v1 import retriever_pb2
+from services.common.errors import Unavailable
+from services.common.tenant import Tenant
+from services.common.timing import StageTimer
+
+
+class QueryPipeline:
+    def __init__(self, upstreams: Upstreams, answers: AnswerCache) -> None:
+        self._up = upstreams
+        self._answers = answers
+
+    async def search(
+        self,
+        tenant: Tenant,
+        query: str,
+        top_k: int,
+        options: gateway_pb2.RetrievalOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> retriever_pb2.SearchResponse:
+        vector: list[float] = []
+        if options.mode != common_pb2.SEARCH_MODE_KEYWORD:
+            with timer.stage("embed"), calling("embedder"):
+                embedded = await self._up.embedder.Embed(
+                    # A question longer than the model reads is cut, not refused:
+                    # its beginning still finds the right chunks.
+                    embedder_pb2.EmbedRequest(
+                        texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY, truncate=True
+                    ),
+                    timeout=deadline.remaining(),
+                )
+            vector = list(embedded.embeddings[0].values)
+        request = retriever_pb2.SearchRequest(
+            namespace=tenant.namespace,
+            query_embedding=vector,
+            query_text=query,
+            top_k=top_k,
+            mode=options.mode,
+            filter=options.filter if options.HasField("filter") else None,
+            fusion=options.fusion if options.HasField("fusion") else None,
+            rerank=options.rerank if options.HasField("rerank") else None,
+            ef_search=options.ef_search if options.HasField("ef_search") else None,
+        )
+        with timer.stage("retrieve"), calling("retriever"):
+            response: retriever_pb2.SearchResponse = await self._up.retriever.Search(
+                request, timeout=deadline.remaining(), metadata=tenant.metadata()
+            )
+        return response
+
+    async def ask(
+        self,
+        request: gateway_pb2.AskRequest,
+        tenant: Tenant,
+        top_k: int,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> gateway_pb2.AskResponse:
+        key, cached = await self._cached_answer(request, tenant, timer, deadline)
+        if cached is not None:
+            return cached
+        retrieved = await self.search(tenant, request.question, top_k, request.retrieval, timer, deadline)
+        with timer.stage("generate"), calling("generator"):
+            generated: generator_pb2.GenerateResponse = await self._up.generator.Generate(
+                generate_request(request, retrieved.hits), timeout=deadline.remaining()
+            )
+        response = answer_response(generated, retrieved.hits, timer)
+        self._remember(key, response)
+        return response
+
+    async def ask_stream(
+        self,
+        request: gateway_pb2.AskRequest,
+        tenant: Tenant,
+        top_k: int,
+        timer: StageTimer,
+        deadline: Deadline,
+    ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
+        key, cached = await self._cached_answer(request, tenant, timer, deadline)
+        if cached is not None:
+            for replay in replayed(cached):
+                yield replay
+            return
+        retrieved = await self.search(tenant, request.question, top_k, request.retrieval, timer, deadline)
+        yield gateway_pb2.AskStreamResponse(
+            sources=gateway_pb2.SourcesEvent(sources=numbered_sources(retrieved.hits, cited=set()))
+        )
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        final: generator_pb2.GenerateResponse | None = None
+        with timer.stage("generate"), calling("generator"):
+            stream = self._up.generator.GenerateStream(
+                generator_pb2.GenerateStreamRequest(request=generate_request(request, retrieved.hits)),
+                timeout=deadline.remaining(),
+            )
+            try:
+                async for event in stream:
+                    if event.HasField("delta"):
+                        if first_token_at is None:
+                            first_token_at = time.perf_counter()
+                        yield gateway_pb2.AskStreamResponse(delta=event.delta)
+                    elif event.HasField("final"):
+                        final = event.final
+            finally:
+                # The caller went away (or we failed): stop the generator too,
+                # so an LLM does not go on writing an answer nobody reads.
+                stream.cancel()
+        if final is None:
+            raise Unavailable("generator: the answer stream ended without its final event")
+        if first_token_at is not None:
+            timer.record("time_to_first_token", (first_token_at - started) * 1000)
+        response = answer_response(final, retrieved.hits, timer)
+        self._remember(key, response)
+        yield gateway_pb2.AskStreamResponse(final=response)
+
+    async def _cached_answer(
+        self, request: gateway_pb2.AskRequest, tenant: Tenant, timer: StageTimer, deadline: Deadline
+    ) -> tuple[bytes | None, gateway_pb2.AskResponse | None]:
+        """The cache key for this question (None when not cached) and the cached answer, if any.
+
+        The key includes the namespace's index version, read from the database
+        the ingests write: after any change to the namespace no older answer matches.
+        """
+        if not self._answers.enabled or request.skip_cache:
+            return None, None
+        with timer.stage("cache") as span, calling("retriever"):
+            version = await self._up.retriever.GetIndexVersion(
+                retriever_pb2.GetIndexVersionRequest(namespace=tenant.namespace),
+                timeout=deadline.remaining(),
+                metadata=tenant.metadata(),
+            )
+            key = cache_key(request, version.version)
+            cached = self._answers.get(key)
+            span.set_attribute("rag.gateway.index_version", version.version)
+            span.set_attribute("rag.gateway.cache_hit", cached is not None)
+        instruments.record_answer_cache(hit=cached is not None)
+        if cached is not None:
+            cached.cached = True
+            cached.timings.extend(timer.to_proto())
+        return key, cached
+
+    def _remember(self, key: bytes | None, response: gateway_pb2.AskResponse) -> None:
+        if key is not None:
+            self._answers.put(key, response)
+
+
+def replayed(cached: gateway_pb2.AskResponse) -> list[gateway_pb2.AskStreamResponse]:
+    """A cached answer as the same three events as a fresh one; the text as one delta."""
+    sources = [gateway_pb2.Source(number=s.number, hit=s.hit) for s in cached.sources]
+    return [
+        gateway_pb2.AskStreamResponse(sources=gateway_pb2.SourcesEvent(sources=sources)),
+        gateway_pb2.AskStreamResponse(delta=generator_pb2.AnswerDelta(text=cached.answer)),
+        gateway_pb2.AskStreamResponse(final=cached),
+    ]
+
+
+def generate_request(
+    request: gateway_pb2.AskRequest, hits: Sequence[retriever_pb2.SearchHit]
+) -> generator_pb2.GenerateRequest:
+    return generator_pb2.GenerateRequest(
+        question=request.question,
+        context=[
+            generator_pb2.ContextChunk(
+                document_id=hit.document_id,
+                chunk_index=hit.chunk_index,
+                title=hit.title,
+                text=hit.text,
+                score=hit.score,
+                metadata=hit.metadata,
+            )
+            for hit in hits
+        ],
+        history=request.history,
+        options=request.generation,
+    )
+
+
+def numbered_sources(hits: Sequence[retriever_pb2.SearchHit], cited: set[int]) -> list[gateway_pb2.Source]:
+    """Source n is hit n-1: the generator numbers its context the same way."""
+    return [
+        gateway_pb2.Source(number=index + 1, hit=hit, cited=index + 1 in cited)
+        for index, hit in enumerate(hits)
+    ]
+
+
+def answer_response(
+    generated: generator_pb2.GenerateResponse, hits: Sequence[retriever_pb2.SearchHit], timer: StageTimer
+) -> gateway_pb2.AskResponse:
+    cited = {citation.source_number for citation in generated.citations}
+    return gateway_pb2.AskResponse(
+        answer=generated.answer,
+        outcome=generated.outcome,
+        sources=numbered_sources(hits, cited),
+        citations=generated.citations,
+        usage=generated.usage,
+        timings=timer.to_proto(),
+    )
