@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import grpc
 import pytest
 
 from gateway import keys
-from gateway.auth import TENANT_HEADER, Authorizer, key_from_metadata, tenant_metadata
+from gateway.auth import ANYONE, Authorizer, key_from_metadata
 from rag_cli.main import main
 from services.common.errors import PermissionDenied, Unauthenticated
 
@@ -130,34 +129,33 @@ def test_key_from_metadata(metadata: tuple[tuple[str, Any], ...], expected: str 
     assert key_from_metadata(metadata) == expected
 
 
-class FakeContext:
-    def __init__(self, *metadata: tuple[str, str]) -> None:
-        self._metadata = metadata
-
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._metadata
-
-
 def test_authorizer_errors_never_echo_the_key(keys_file: Path) -> None:
     key = keys.create_key(keys_file, ("a",), "team-a")
     authorizer = Authorizer(keys.KeyStore(keys_file))
-    context: Any = FakeContext(("authorization", f"Bearer {key}"))
-    # In a context of its own, as each RPC's task has: the tenant must not leak into other tests.
-    run = contextvars.copy_context().run
-    run(authorizer.authorize, context, "a")
-    assert run(tenant_metadata) == ((TENANT_HEADER, "a"),)
-    assert tenant_metadata() == ()
+    caller = authorizer.authenticate((("authorization", f"Bearer {key}"),))
+    caller.require_grant("a")
     with pytest.raises(PermissionDenied) as denied:
-        authorizer.authorize(context, "b")
+        caller.require_grant("b")
     assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert denied.value.field == "namespace"
     assert "'b'" in denied.value.message
     for metadata in [(), (("x-api-key", key + "x"),), (("authorization", key),)]:
         with pytest.raises(Unauthenticated) as refused:
-            authorizer.authorize(FakeContext(*metadata), "a")  # type: ignore[arg-type]
+            authorizer.authenticate(metadata)
         assert key not in refused.value.message
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert key not in str(denied.value)
 
 
-def test_authentication_off_lets_everything_through() -> None:
-    Authorizer(None).authorize(FakeContext(), "any")  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("authorization", "Bearer rag_nobody_not-a-real-secret"),), (("x-api-key", "garbage"),)],
+)
+def test_authentication_off_lets_every_caller_into_every_namespace(
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
+    caller = Authorizer(None).authenticate(metadata)
+    assert caller == ANYONE
+    assert caller.key is None
+    for namespace in ("default", "team-b", "*"):
+        caller.require_grant(namespace)  # raises nothing: every namespace is granted

@@ -2,13 +2,17 @@
 
 The session stack serves each service's /metrics on a port of its own
 (tests/conftest.py). Other tests share the stack, so every check compares two
-scrapes, before and after this test's calls, and asks only that a value grew.
+scrapes, before and after this module's calls; nothing else calls the stack in
+between, so what the gateway counts is exactly what was called. Token counts
+need an LLM that reports usage: a generator of its own on the openai backend,
+in front of the fake chat-completions server, is scraped the same way.
 """
 
 from __future__ import annotations
 
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,10 +21,28 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag_cli.stack import DEFAULT_PORTS, Stack
+from rag.generator.v1 import generator_pb2, generator_pb2_grpc
+from rag_cli.stack import Stack, free_port
+from services.common.registry import DEFAULT_PORTS
 from tests.conftest import THREE_TOPICS, sample_document
+from tests.e2e.replicas import Replicas
+from tests.generator.test_openai_backend import FakeChatServer, Reply, chunk, completion
 
 REPO = Path(__file__).resolve().parents[2]
+MODEL = "fake-model"
+# What the fake LLM reports for the openai generator's Generate, then its GenerateStream.
+LLM_USAGE = [
+    {"prompt_tokens": 211, "completion_tokens": 13},
+    {"prompt_tokens": 187, "completion_tokens": 29},
+]
+GENERATE = generator_pb2.GenerateRequest(
+    question="When do backups run?",
+    context=[
+        generator_pb2.ContextChunk(
+            document_id="runbook", title="Backups", text="Backups run nightly at 02:00 UTC.", score=0.9
+        )
+    ],
+)
 Labels = frozenset[tuple[str, str]]
 
 
@@ -50,12 +72,13 @@ class Scrape:
 Scrapes = tuple[dict[str, Scrape], dict[str, Scrape]]
 
 
+def scrape(url: str) -> Scrape:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return Scrape(reply.read().decode())
+
+
 def scrape_all(stack: Stack) -> dict[str, Scrape]:
-    pages = {}
-    for service in DEFAULT_PORTS:
-        with urllib.request.urlopen(stack.metrics_url(service), timeout=10) as reply:
-            pages[service] = Scrape(reply.read().decode())
-    return pages
+    return {service: scrape(stack.metrics_url(service)) for service in DEFAULT_PORTS}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +114,47 @@ def scrapes(stack: Stack, gateway: gateway_pb2_grpc.GatewayServiceStub) -> Scrap
     return before, scrape_all(stack)
 
 
+@pytest.fixture(scope="module")
+def openai_scrapes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
+    """A generator's scrapes before and after a Generate and a GenerateStream, with LLM_USAGE reported."""
+    answered, streamed = LLM_USAGE
+    llm = FakeChatServer()
+    llm.replies = [
+        Reply(body=completion("Backups run nightly [1].", **answered)),
+        Reply(events=[chunk("Backups run "), chunk("nightly [1]."), chunk(usage=_with_total(streamed))]),
+    ]
+    llm.start()
+    metrics_port = free_port()
+    processes = Replicas(stack, tmp_path_factory.mktemp("generator-tokens"))
+    try:
+        processes.start(
+            ["generator-tokens"],
+            GENERATOR_BACKEND="openai",
+            GENERATOR_OPENAI_BASE_URL=llm.base_url,
+            GENERATOR_OPENAI_MODEL=MODEL,
+            OTEL_METRICS_EXPORTER="prometheus",
+            OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
+            OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
+        )
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        before = {"generator": scrape(url)}
+        with grpc.insecure_channel(processes.target("generator-tokens")) as channel:
+            generator = generator_pb2_grpc.GeneratorServiceStub(channel)
+            generator.Generate(GENERATE, timeout=60)
+            for _ in generator.GenerateStream(
+                generator_pb2.GenerateStreamRequest(request=GENERATE), timeout=60
+            ):
+                pass
+        yield before, {"generator": scrape(url)}
+    finally:
+        processes.stop()
+        llm.stop()
+
+
+def _with_total(usage: dict[str, int]) -> dict[str, int]:
+    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+
+
 def grew(scrapes: Scrapes, service: str, name: str, **labels: str) -> float:
     before, after = scrapes
     return after[service].total(name, **labels) - before[service].total(name, **labels)
@@ -102,13 +166,14 @@ def test_gateway_counts_rpcs_by_method_and_status(
     for method, status, calls in [
         ("IngestDocuments", "OK", 2),
         ("Search", "OK", 1),
-        ("Ask", "OK", 2),
+        ("Ask", "OK", 4),
         ("AskStream", "OK", 1),
         ("Search", "INVALID_ARGUMENT", 1),
     ]:
         labels = {"rpc_method": method, "rpc_grpc_status_code": status}
-        assert grew(scrapes, "gateway", "rag_gateway_rpc_requests_total", **labels) >= calls, labels
-        assert grew(scrapes, "gateway", "rag_gateway_rpc_duration_seconds_count", **labels) >= calls, labels
+        assert grew(scrapes, "gateway", "rag_gateway_rpc_requests_total", **labels) == calls, labels
+        assert grew(scrapes, "gateway", "rag_gateway_rpc_duration_seconds_count", **labels) == calls, labels
+    assert grew(scrapes, "gateway", "rag_gateway_rpc_requests_total") == 9, "no other call was counted"
     assert grew(scrapes, "gateway", "rag_gateway_rpc_duration_seconds_sum") > 0
 
 
@@ -139,7 +204,8 @@ def test_embedder_reports_batches_cache_and_queue(
     assert grew(scrapes, "embedder", "rag_embedder_cache_misses_total") >= 1
     _, after = scrapes
     assert after["embedder"].types["rag_embedder_queue_depth"] == "gauge"
-    assert after["embedder"].total("rag_embedder_queue_depth") >= 0
+    assert after["embedder"].has("rag_embedder_queue_depth")
+    assert after["embedder"].total("rag_embedder_queue_depth") == 0, "every text queued was embedded"
 
 
 def test_the_queue_autoscaler_uses_the_exported_name(
@@ -164,15 +230,36 @@ def test_retriever_counts_searches_and_hits(scrapes: Scrapes) -> None:
     assert grew(scrapes, "retriever", "rag_retriever_search_hits_sum") >= 4  # each found something
 
 
-def test_generator_counts_calls_and_tokens(scrapes: Scrapes) -> None:
-    for method, calls in [("Generate", 2), ("GenerateStream", 1)]:
+def test_generator_counts_calls_and_no_tokens_for_the_extractive_backend(scrapes: Scrapes) -> None:
+    # Two Asks past the answer cache and the first of the repeated ones; the second was cached.
+    for method, calls in [("Generate", 3), ("GenerateStream", 1)]:
         labels = {"rpc_method": method, "rpc_grpc_status_code": "OK"}
-        assert grew(scrapes, "generator", "rag_generator_rpc_requests_total", **labels) >= calls, method
-    assert grew(scrapes, "generator", "rag_generator_stage_duration_seconds_count", stage="generate") >= 3
+        assert grew(scrapes, "generator", "rag_generator_rpc_requests_total", **labels) == calls, method
+    assert grew(scrapes, "generator", "rag_generator_stage_duration_seconds_count", stage="generate") == 4
     _, after = scrapes
     # The extractive backend of the test stack uses no LLM: both series exist, at 0 tokens.
     for kind in ("input", "output"):
-        assert after["generator"].has("rag_generator_tokens_total", gen_ai_token_type=kind), kind
+        labels = {"gen_ai_token_type": kind, "backend": "extractive"}
+        assert after["generator"].has("rag_generator_tokens_total", **labels), kind
+        assert after["generator"].total("rag_generator_tokens_total", **labels) == 0, kind
+    assert after["generator"].total("rag_generator_tokens_total") == 0, "no other backend counted"
+
+
+def test_generator_counts_the_tokens_its_llm_reports(openai_scrapes: Scrapes) -> None:
+    counted = {
+        kind: grew(
+            openai_scrapes,
+            "generator",
+            "rag_generator_tokens_total",
+            gen_ai_token_type=kind,
+            backend=f"openai:{MODEL}",
+        )
+        for kind in ("input", "output")
+    }
+    assert counted == {
+        "input": sum(usage["prompt_tokens"] for usage in LLM_USAGE),
+        "output": sum(usage["completion_tokens"] for usage in LLM_USAGE),
+    }
 
 
 def test_health_checks_are_not_counted(scrapes: Scrapes) -> None:

@@ -25,21 +25,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.config import UPSTREAM_TLS_PREFIX
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.generator.v1 import generator_pb2
 from rag_cli.client import gateway_channel
+from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack, free_port
+from services.common.registry import GATEWAY, GATEWAY_UPSTREAMS, SERVICES, Service, upstream_target_variable
 from services.common.tls import ClientTls
 from tests.conftest import sample_document
 
-SERVICES = {
-    "embedder": "services.embedder",
-    "retriever": "services.retriever",
-    "generator": "services.generator",
-}
 # The only name in the services' certificate: no target can match it, so clients set it.
 SERVICES_NAME = "services.rag.internal"
 QUESTION = "When does the nightly base backup run?"
+RUNBOOK = "postgres-backup-runbook.md"
 
 
 # --- certificates ------------------------------------------------------------------------------
@@ -116,10 +116,13 @@ def make_pki(directory: Path) -> Pki:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def _tls_env(prefix: str, cert_and_key: tuple[Path, Path], client_ca: Path | None = None) -> dict[str, str]:
-    env = {f"{prefix}_TLS_CERT_FILE": str(cert_and_key[0]), f"{prefix}_TLS_KEY_FILE": str(cert_and_key[1])}
+def _tls_env(
+    service: Service, cert_and_key: tuple[Path, Path], client_ca: Path | None = None
+) -> dict[str, str]:
+    prefix = service.env_prefix
+    env = {f"{prefix}TLS_CERT_FILE": str(cert_and_key[0]), f"{prefix}TLS_KEY_FILE": str(cert_and_key[1])}
     if client_ca is not None:
-        env[f"{prefix}_TLS_CLIENT_CA_FILE"] = str(client_ca)
+        env[f"{prefix}TLS_CLIENT_CA_FILE"] = str(client_ca)
     return env
 
 
@@ -164,21 +167,24 @@ class TlsSystem:
 def tls_system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSystem]:
     directory = tmp_path_factory.mktemp("tls")
     pki = make_pki(directory / "pki")
-    names = [*SERVICES, "gateway"]
-    processes = Stack(data_dir=directory, ports={name: free_port() for name in names}, grace_period_s=1.0)
+    ports = {service.name: free_port() for service in SERVICES}
+    processes = Stack(data_dir=directory, ports=ports, grace_period_s=1.0)
     processes.log_path("any").parent.mkdir(parents=True)
     system = TlsSystem(pki, processes)
-    base = {**os.environ, "DATABASE_URL": stack.database_url_in_use, "HF_HUB_OFFLINE": "1"}
+    base = stack.shared_environment()
     try:
-        for name, module in SERVICES.items():
-            prefix = name.upper()
-            env = {**base, f"{prefix}_PORT": str(processes.ports[name]), f"{prefix}_GRACE_PERIOD_S": "1"}
-            processes.start_service(name, module, {**env, **_tls_env(prefix, pki.services, pki.ca)})
-        processes.start_service("gateway", "gateway", {**base, **_gateway_env(system)})
+        for service in GATEWAY_UPSTREAMS:
+            env = {
+                **base,
+                **processes.listening_environment(service, ports[service.name]),
+                **_tls_env(service, pki.services, pki.ca),
+            }
+            processes.start_service(service.name, service.module, env)
+        processes.start_service(GATEWAY.name, GATEWAY.module, {**base, **_gateway_env(system)})
         deadline = time.monotonic() + 180
-        for name in SERVICES:
-            wait_until_serving_tls(processes, name, system.services_mtls, deadline)
-        wait_until_serving_tls(processes, "gateway", system.gateway_tls, deadline)
+        for service in GATEWAY_UPSTREAMS:
+            wait_until_serving_tls(processes, service.name, system.services_mtls, deadline)
+        wait_until_serving_tls(processes, GATEWAY.name, system.gateway_tls, deadline)
         yield system
     finally:
         processes.stop()
@@ -187,14 +193,13 @@ def tls_system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def _gateway_env(system: TlsSystem) -> dict[str, str]:
     processes, pki = system.processes, system.pki
     return {
-        "GATEWAY_PORT": str(processes.ports["gateway"]),
-        "GATEWAY_GRACE_PERIOD_S": "1",
-        **{f"GATEWAY_{name.upper()}_TARGET": processes.target(name) for name in SERVICES},
-        **_tls_env("GATEWAY", pki.gateway),
-        "GATEWAY_UPSTREAM_TLS_CA_FILE": str(pki.ca),
-        "GATEWAY_UPSTREAM_TLS_CERT_FILE": str(pki.client[0]),
-        "GATEWAY_UPSTREAM_TLS_KEY_FILE": str(pki.client[1]),
-        "GATEWAY_UPSTREAM_TLS_SERVER_NAME": SERVICES_NAME,
+        **processes.listening_environment(GATEWAY, processes.ports[GATEWAY.name]),
+        **{upstream_target_variable(u): processes.target(u.name) for u in GATEWAY_UPSTREAMS},
+        **_tls_env(GATEWAY, pki.gateway),
+        f"{UPSTREAM_TLS_PREFIX}CA_FILE": str(pki.ca),
+        f"{UPSTREAM_TLS_PREFIX}CERT_FILE": str(pki.client[0]),
+        f"{UPSTREAM_TLS_PREFIX}KEY_FILE": str(pki.client[1]),
+        f"{UPSTREAM_TLS_PREFIX}SERVER_NAME": SERVICES_NAME,
     }
 
 
@@ -232,22 +237,40 @@ def test_tls_service_refuses_plaintext(tls_system: TlsSystem) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, name
 
 
+def _ingest_runbook(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str) -> None:
+    gateway.IngestDocuments(
+        gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[sample_document(RUNBOOK)]),
+        timeout=60,
+    )
+
+
 def test_cli_channel_searches_over_tls_through_mtls_upstreams(
     tls_system: TlsSystem, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The CLI's own channel, configured as a user would: RAG_TLS_CA_FILE.
     monkeypatch.setenv("RAG_TLS_CA_FILE", str(tls_system.pki.ca))
-    with gateway_channel(f"localhost:{tls_system.processes.ports['gateway']}") as channel:
+    cli_tls = CliSettings().tls
+    with gateway_channel(f"localhost:{tls_system.processes.ports['gateway']}", cli_tls) as channel:
         gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
-        gateway.IngestDocuments(
-            gateway_pb2.IngestDocumentsRequest(
-                namespace=namespace, documents=[sample_document("postgres-backup-runbook.md")]
-            ),
-            timeout=60,
-        )
+        _ingest_runbook(gateway, namespace)
         reply = gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query=QUESTION), timeout=30)
     assert reply.hits, "the Search went gateway -> embedder -> retriever over mTLS"
-    assert reply.hits[0].document_id == "postgres-backup-runbook.md"
+    assert reply.hits[0].document_id == RUNBOOK
+
+
+def test_ask_over_tls_reaches_every_upstream_over_mtls(tls_system: TlsSystem, namespace: str) -> None:
+    # The generator requires a client certificate like the others: a cited answer
+    # comes only from a Generate call that it took over mTLS.
+    with _secure(f"localhost:{tls_system.processes.ports['gateway']}", tls_system.gateway_tls) as channel:
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
+        _ingest_runbook(gateway, namespace)
+        answer = gateway.Ask(
+            gateway_pb2.AskRequest(namespace=namespace, question=QUESTION, skip_cache=True), timeout=60
+        )
+    assert answer.outcome == generator_pb2.ANSWER_OUTCOME_ANSWERED
+    assert "02:00" in answer.answer
+    assert [citation.document_id for citation in answer.citations] == [RUNBOOK] * len(answer.citations)
+    assert answer.citations
 
 
 def test_unreadable_certificate_fails_start_up_naming_the_setting(tmp_path: Path) -> None:

@@ -29,11 +29,18 @@ class RecordingEncoder:
         # Cleared to hold the model (the worker thread waits on it), set to let it run.
         self.gate = threading.Event()
         self.gate.set()
+        # Set when a batch has reached the model: from then on the batcher's worker is busy.
+        self.in_model = threading.Event()
 
     def encode(self, batch: Sequence[TokenizedText]) -> npt.NDArray[np.float32]:
-        self.gate.wait(timeout=60)
+        self.in_model.set()
+        assert self.gate.wait(timeout=60), "the test never let the model run"
         self.batches.append([len(text) for text in batch])
         return self._model.encoder.encode(batch)
+
+    async def until_a_batch_is_in_the_model(self) -> None:
+        # In a thread: the event loop must stay free to hand the batch to the model.
+        assert await asyncio.to_thread(self.in_model.wait, 60), "no batch reached the model"
 
 
 @pytest.fixture
@@ -47,6 +54,20 @@ async def batcher(encoder: RecordingEncoder, model: EmbeddingModel) -> AsyncIter
     running.start()
     yield running
     await running.close()
+
+
+async def submitted(
+    batcher: DynamicBatcher, requests: Sequence[Sequence[TokenizedText]]
+) -> list[asyncio.Task[npt.NDArray[np.float32]]]:
+    """One task per request, each with its texts queued (or refused) by the time this returns.
+
+    embed() queues a request's texts before its first await, and new tasks run,
+    in order, up to that first await in the very next pass of the event loop:
+    the one pass that sleep(0) gives them, which leaves the worker no turn in between.
+    """
+    tasks = [asyncio.create_task(batcher.embed(request)) for request in requests]
+    await asyncio.sleep(0)
+    return tasks
 
 
 def texts(count: int, words: int = 3) -> list[str]:
@@ -106,10 +127,11 @@ async def test_past_the_queue_bound_requests_are_refused_with_a_retry_hint_and_i
     try:
         inputs = model.tokenizer.tokenize(texts(13))
         # The model is held: 4 texts in the running batch, then 8 waiting fill the queue.
-        admitted = [asyncio.create_task(batcher.embed([text])) for text in inputs[:4]]
-        await asyncio.sleep(0.1)
-        admitted += [asyncio.create_task(batcher.embed([text])) for text in inputs[4:12]]
-        await asyncio.sleep(0.1)
+        admitted = await submitted(batcher, [[text] for text in inputs[:4]])
+        assert batcher.queued_texts == 4
+        await encoder.until_a_batch_is_in_the_model()
+        assert batcher.queued_texts == 0, "the first 4 texts are the batch in the model"
+        admitted += await submitted(batcher, [[text] for text in inputs[4:12]])
         assert batcher.queued_texts == 8
 
         with pytest.raises(ResourceExhausted, match="overloaded") as refused:
@@ -119,6 +141,7 @@ async def test_past_the_queue_bound_requests_are_refused_with_a_retry_hint_and_i
 
         encoder.gate.set()
         assert len(await asyncio.gather(*admitted)) == 12
+        assert [len(batch) for batch in encoder.batches] == [4, 4, 4]
         assert (await batcher.embed([inputs[12]])).shape == (1, model.dimension)
     finally:
         encoder.gate.set()
@@ -129,15 +152,17 @@ async def test_a_cancelled_callers_texts_never_reach_the_model(
     batcher: DynamicBatcher, encoder: RecordingEncoder, model: EmbeddingModel
 ) -> None:
     encoder.gate.clear()
-    first = asyncio.create_task(batcher.embed(model.tokenizer.tokenize(["holds the model"])))
-    await asyncio.sleep(0.05)
-    abandoned = asyncio.create_task(batcher.embed(model.tokenizer.tokenize(texts(5))))
-    await asyncio.sleep(0.05)
+    [first] = await submitted(batcher, [model.tokenizer.tokenize(["holds the model"])])
+    await encoder.until_a_batch_is_in_the_model()
+    [abandoned] = await submitted(batcher, [model.tokenizer.tokenize(texts(5))])
+    queued_before_the_cancel = batcher.queued_texts
 
     abandoned.cancel()
     encoder.gate.set()
     await first
     await batcher.embed(model.tokenizer.tokenize(["after"]))
 
-    assert sum(len(batch) for batch in encoder.batches) == 2, "only the first and the last text ran"
+    assert queued_before_the_cancel == 5
+    assert abandoned.cancelled()
+    assert [len(batch) for batch in encoder.batches] == [1, 1], "only the first and the last text ran"
     assert batcher.queued_texts == 0

@@ -20,7 +20,7 @@ def vectors(response: embedder_pb2.EmbedResponse) -> np.ndarray:
 
 
 def status_details(error: grpc.RpcError) -> status_pb2.Status:
-    trailers = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    trailers = {metadatum.key: metadatum.value for metadatum in error.trailing_metadata()}
     return status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
 
 
