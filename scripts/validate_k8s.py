@@ -208,6 +208,7 @@ def find_kustomize(explicit: str | None = None) -> Kustomize:
 
 
 def kubernetes_versions() -> list[str]:
+    # kubernetes-validate ships no type hints; mypy reports only its first import in a file, here.
     from kubernetes_validate import utils  # type: ignore[import-untyped]
 
     latest = ".".join(str(utils.latest_version()).split(".")[:2])

@@ -1,0 +1,1 @@
+"""The parts of bench/hnsw.py: the synthetic data, loading it, timing the searches, and the report."""
