@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+
+# What a span attribute is read as: its scalar value, None for arrays, maps and bytes.
+AttributeValue = str | bool | int | float | None
+SCALAR_KINDS = ("string_value", "bool_value", "int_value", "double_value")
+
+# opentelemetry-proto ships its gRPC module without annotations; this is the generated signature.
+_add_trace_servicer: Callable[[trace_service_pb2_grpc.TraceServiceServicer, grpc.Server], None] = (
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +32,7 @@ class ReceivedSpan:
     # The resource's service.instance.id, e.g. from OTEL_RESOURCE_ATTRIBUTES: tells replicas apart.
     instance_id: str = ""
     # The span's own attributes, as Python values.
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -30,7 +40,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        _add_trace_servicer(self, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     def start(self) -> None:
@@ -40,9 +50,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         self._server.stop(grace=None)
 
     def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
+        received: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
@@ -66,7 +76,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         with self._lock:
             return list(self._spans)
 
-    def wait_for(self, predicate: Any, timeout_s: float = 15.0) -> list[ReceivedSpan]:
+    def wait_for(
+        self, predicate: Callable[[list[ReceivedSpan]], object], timeout_s: float = 15.0
+    ) -> list[ReceivedSpan]:
         """Spans once predicate(spans) holds; the services export in batches."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -76,8 +88,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             time.sleep(0.1)
 
 
-def _value(value: Any) -> Any:
+def _value(value: common_pb2.AnyValue) -> AttributeValue:
     kind = value.WhichOneof("value")
-    return (
-        getattr(value, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
-    )
+    scalar: AttributeValue = getattr(value, kind) if kind in SCALAR_KINDS else None
+    return scalar

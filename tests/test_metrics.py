@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from rag_cli.metrics import mrr_at_k, ndcg_at_k, percentile, recall_at_k
 
+# ranked document ids, graded gains by id, cut-off k -> score
+RankingMetric = Callable[[list[str], dict[str, float], int], float]
 LOG2_3 = math.log2(3)
+# Graded gains 1, 2, 3 retrieved in that order, against the ideal 3, 2, 1.
+REVERSED_NDCG = (1 + 2 / LOG2_3 + 3 / 2) / (3 + 2 / LOG2_3 + 1 / 2)
+# Gains 2, 1, 2 (two tied documents split by a lesser one), against the ideal 2, 2, 1.
+SPLIT_TIES_NDCG = (2 + 1 / LOG2_3 + 2 / 2) / (2 + 2 / LOG2_3 + 1 / 2)
 
 
 @pytest.mark.parametrize(
@@ -26,18 +33,14 @@ LOG2_3 = math.log2(3)
         ),
         pytest.param(["a"], {"a": 1, "b": 1, "c": 1}, 1, 1.0, id="ideal cut at k too"),
         pytest.param(
-            ["c", "b", "a"],
-            {"a": 3, "b": 2, "c": 1},
-            10,
-            (1 + 2 / LOG2_3 + 3 / 2) / (3 + 2 / LOG2_3 + 1 / 2),
-            id="graded gains in reverse order",
+            ["c", "b", "a"], {"a": 3, "b": 2, "c": 1}, 10, REVERSED_NDCG, id="graded gains in reverse order"
         ),
         pytest.param(["b", "a", "c"], {"a": 2, "b": 2, "c": 1}, 10, 1.0, id="ties: either order is ideal"),
         pytest.param(
             ["a", "c", "b"],
             {"a": 2, "b": 2, "c": 1},
             10,
-            (2 + 1 / LOG2_3 + 2 / 2) / (2 + 2 / LOG2_3 + 1 / 2),
+            SPLIT_TIES_NDCG,
             id="ties: tied documents split by a lesser one",
         ),
         pytest.param(
@@ -84,8 +87,7 @@ def test_mrr(ranked: list[str], gains: dict[str, float], k: int, expected: float
 
 
 @pytest.mark.parametrize("metric", [ndcg_at_k, recall_at_k, mrr_at_k])
-def test_metrics_reject_a_repeated_document_and_k_below_1(metric: object) -> None:
-    assert callable(metric)
+def test_metrics_reject_a_repeated_document_and_k_below_1(metric: RankingMetric) -> None:
     with pytest.raises(ValueError, match="repeat"):
         metric(["a", "a"], {"a": 1}, 10)
     with pytest.raises(ValueError, match="k must be at least 1"):

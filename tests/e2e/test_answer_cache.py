@@ -19,10 +19,7 @@ def _ingest(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, text: 
 def _ask(
     gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, question: str
 ) -> gateway_pb2.AskResponse:
-    response: gateway_pb2.AskResponse = gateway.Ask(
-        gateway_pb2.AskRequest(namespace=namespace, question=question)
-    )
-    return response
+    return gateway.Ask(gateway_pb2.AskRequest(namespace=namespace, question=question))
 
 
 OLD = "The office wifi password is heron-42. Guests use the network called visitors."
@@ -119,7 +116,7 @@ def test_a_hit_is_marked_in_the_trace(
     _ask(gateway, namespace, "Who uses the visitors network?")
     hit = gateway.Ask(
         gateway_pb2.AskRequest(namespace=namespace, question="Who uses the visitors network?"),
-        metadata=[("traceparent", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")],
+        metadata=(("traceparent", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"),),
     )
     assert hit.cached
 

@@ -7,12 +7,16 @@ from rag.generator.v1 import generator_pb2
 from tests.conftest import sample_document
 
 
+def _ask(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, question: str
+) -> gateway_pb2.AskResponse:
+    return gateway.Ask(gateway_pb2.AskRequest(namespace=namespace, question=question))
+
+
 def test_answer_cites_the_document_that_holds_it(
     gateway: gateway_pb2_grpc.GatewayServiceStub, three_documents: str
 ) -> None:
-    response = gateway.Ask(
-        gateway_pb2.AskRequest(namespace=three_documents, question="When does the nightly base backup run?")
-    )
+    response = _ask(gateway, three_documents, "When does the nightly base backup run?")
 
     assert response.outcome == generator_pb2.ANSWER_OUTCOME_ANSWERED
     assert "02:00 UTC" in response.answer
@@ -28,9 +32,7 @@ def test_answer_cites_the_document_that_holds_it(
 def test_unrelated_question_gets_the_cannot_answer_outcome(
     gateway: gateway_pb2_grpc.GatewayServiceStub, three_documents: str
 ) -> None:
-    response = gateway.Ask(
-        gateway_pb2.AskRequest(namespace=three_documents, question="What is the capital city of Peru?")
-    )
+    response = _ask(gateway, three_documents, "What is the capital city of Peru?")
 
     assert response.outcome == generator_pb2.ANSWER_OUTCOME_NO_ANSWER
     assert not response.citations

@@ -10,11 +10,13 @@ Metadata numbers include NaN and infinities, and timestamps go past years 1..999
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import message, struct_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +27,8 @@ from rag_cli.stack import Stack
 from services.common.validation import NAMESPACE_PATTERN
 
 NAMESPACE = "fuzz-target"
+Request = TypeVar("Request", bound=message.Message)
+Value = TypeVar("Value")
 INT32 = st.integers(-(2**31), 2**31 - 1)
 CLIENT_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -61,7 +65,7 @@ text = st.one_of(
 )
 
 
-def mostly(valid: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+def mostly(valid: st.SearchStrategy[Value], hostile: st.SearchStrategy[Value]) -> st.SearchStrategy[Value]:
     """Valid three times in four, so requests get past the first check to the deeper ones."""
     return st.sampled_from([True, True, True, False]).flatmap(lambda ok: valid if ok else hostile)
 
@@ -137,7 +141,9 @@ filter_tree = st.recursive(
 
 @st.composite
 def retrieval(draw: st.DrawFn) -> gateway_pb2.RetrievalOptions:
-    options = gateway_pb2.RetrievalOptions(mode=draw(mostly(st.integers(0, 3), enum_number)))
+    # Proto3 enums are open: a number no value is named for is still sent as is.
+    mode = common_pb2.SearchMode.ValueType(draw(mostly(st.integers(0, 3), enum_number)))
+    options = gateway_pb2.RetrievalOptions(mode=mode)
     if draw(st.booleans()):
         options.top_k = draw(mostly(st.integers(1, 20), small_int))
     if draw(st.booleans()):
@@ -221,6 +227,9 @@ def delete(draw: st.DrawFn) -> gateway_pb2.DeleteDocumentsRequest:
     return request
 
 
+search = st.builds(
+    gateway_pb2.SearchRequest, namespace=any_namespace, query=mostly(sentence, text), retrieval=retrieval()
+)
 list_documents = st.builds(
     gateway_pb2.ListDocumentsRequest,
     namespace=any_namespace,
@@ -232,14 +241,38 @@ list_documents = st.builds(
 )
 
 
-def _ends_well(call: Any) -> None:
+def _ends_well(call: Callable[[], object]) -> None:
     try:
         call()
     except grpc.RpcError as error:
-        code, details = error.code(), error.details()  # type: ignore[attr-defined]
+        code, details = error.code(), error.details()
     else:
         code, details = grpc.StatusCode.OK, ""
     assert code is grpc.StatusCode.OK or code in CLIENT_ERRORS, f"{code.name}: {details}"
+
+
+@dataclass(frozen=True)
+class Fuzzed(Generic[Request]):
+    """A gateway RPC and the requests to send it."""
+
+    requests: st.SearchStrategy[Request]
+    send: Callable[[gateway_pb2_grpc.GatewayServiceStub, Request], object]
+
+
+UNARY_RPCS = [
+    pytest.param(Fuzzed(search, lambda gateway, request: gateway.Search(request, timeout=60)), id="search"),
+    pytest.param(Fuzzed(ask(), lambda gateway, request: gateway.Ask(request, timeout=60)), id="ask"),
+    pytest.param(
+        Fuzzed(ingest, lambda gateway, request: gateway.IngestDocuments(request, timeout=60)), id="ingest"
+    ),
+    pytest.param(
+        Fuzzed(delete(), lambda gateway, request: gateway.DeleteDocuments(request, timeout=60)), id="delete"
+    ),
+    pytest.param(
+        Fuzzed(list_documents, lambda gateway, request: gateway.ListDocuments(request, timeout=60)),
+        id="list_documents",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -259,48 +292,23 @@ def target(gateway: gateway_pb2_grpc.GatewayServiceStub) -> str:
     return NAMESPACE
 
 
+@pytest.mark.parametrize("rpc", UNARY_RPCS)
 @FUZZ
-@given(
-    request=st.builds(
-        gateway_pb2.SearchRequest,
-        namespace=any_namespace,
-        query=mostly(sentence, text),
-        retrieval=retrieval(),
-    )
-)
-def test_search(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
-    _ends_well(lambda: gateway.Search(request, timeout=60))
-
-
-@FUZZ
-@given(request=ask())
-def test_ask(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
-    _ends_well(lambda: gateway.Ask(request, timeout=60))
+@given(data=st.data())
+def test_unary_rpc(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, rpc: Fuzzed[Any], data: st.DataObject
+) -> None:
+    request = data.draw(rpc.requests)
+    _ends_well(lambda: rpc.send(gateway, request))
 
 
 @settings(FUZZ, max_examples=40)
 @given(request=ask())
-def test_ask_stream(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
+def test_ask_stream(
+    gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: gateway_pb2.AskRequest
+) -> None:
     stream = gateway_pb2.AskStreamRequest(request=request)
     _ends_well(lambda: list(gateway.AskStream(stream, timeout=60)))
-
-
-@FUZZ
-@given(request=ingest)
-def test_ingest(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
-    _ends_well(lambda: gateway.IngestDocuments(request, timeout=60))
-
-
-@FUZZ
-@given(request=delete())
-def test_delete(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
-    _ends_well(lambda: gateway.DeleteDocuments(request, timeout=60))
-
-
-@FUZZ
-@given(request=list_documents)
-def test_list_documents(gateway: gateway_pb2_grpc.GatewayServiceStub, target: str, request: Any) -> None:
-    _ends_well(lambda: gateway.ListDocuments(request, timeout=60))
 
 
 def test_the_stack_is_healthy_after_fuzzing(

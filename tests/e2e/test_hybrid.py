@@ -10,13 +10,16 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 
 def search(
-    gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, query: str, **options: object
+    gateway: gateway_pb2_grpc.GatewayServiceStub,
+    namespace: str,
+    query: str,
+    *,
+    mode: common_pb2.SearchMode.ValueType = common_pb2.SEARCH_MODE_UNSPECIFIED,
+    fusion: common_pb2.FusionParams | None = None,
 ) -> gateway_pb2.SearchResponse:
-    retrieval = gateway_pb2.RetrievalOptions(top_k=5, **options)  # type: ignore[arg-type]
-    response: gateway_pb2.SearchResponse = gateway.Search(
-        gateway_pb2.SearchRequest(namespace=namespace, query=query, retrieval=retrieval)
-    )
-    return response
+    """The top 5; an unspecified mode is the server's default, no fusion the default fusion."""
+    retrieval = gateway_pb2.RetrievalOptions(top_k=5, mode=mode, fusion=fusion)
+    return gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query=query, retrieval=retrieval))
 
 
 def test_keyword_mode_ranks_an_exact_identifier_first_without_the_embedder(
@@ -80,5 +83,5 @@ def test_bad_fusion_settings_are_invalid_arguments(
     with pytest.raises(grpc.RpcError) as raised:
         search(gateway, namespace, "backups", fusion=fusion)
 
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    assert message in raised.value.details()  # type: ignore[attr-defined]
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (raised.value.details() or "")

@@ -4,6 +4,7 @@ each document upserted whole as soon as its chunks are embedded."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -45,54 +46,66 @@ def _documents() -> list[gateway_pb2.Document]:
     return documents
 
 
-def _chunk_texts(embedder: embedder_pb2_grpc.EmbedderServiceStub, text: str) -> list[str]:
-    """The chunks the embedder makes of a text with the test's chunking: what ingest must store."""
-    request = embedder_pb2.ChunkRequest(
-        text=text, max_tokens=CHUNKING.max_tokens, overlap_tokens=CHUNKING.overlap_tokens
-    )
-    return [chunk.text for chunk in embedder.Chunk(request).chunks]
+@dataclass(frozen=True)
+class Archive:
+    """The test's namespace, written through the gateway with the test's chunking, next to
+    what the embedder makes of a text and what the chunk table holds."""
 
+    gateway: gateway_pb2_grpc.GatewayServiceStub
+    embedder: embedder_pb2_grpc.EmbedderServiceStub
+    namespace: str
+    stored_chunks: ChunkReader
 
-def _ingest(
-    gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, documents: list[gateway_pb2.Document]
-) -> gateway_pb2.IngestDocumentsResponse:
-    response: gateway_pb2.IngestDocumentsResponse = gateway.IngestDocuments(
-        gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=documents, chunking=CHUNKING)
-    )
-    return response
-
-
-def _dense_top_hit(
-    gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, query: str
-) -> retriever_pb2.SearchHit:
-    response = gateway.Search(
-        gateway_pb2.SearchRequest(
-            namespace=namespace,
-            query=query,
-            retrieval=gateway_pb2.RetrievalOptions(top_k=1, mode=common_pb2.SEARCH_MODE_DENSE),
+    def chunk_texts(self, text: str) -> list[str]:
+        """The chunks the embedder makes of a text with the test's chunking: what ingest must store."""
+        request = embedder_pb2.ChunkRequest(
+            text=text, max_tokens=CHUNKING.max_tokens, overlap_tokens=CHUNKING.overlap_tokens
         )
-    )
-    hit: retriever_pb2.SearchHit = response.hits[0]
-    return hit
+        return [chunk.text for chunk in self.embedder.Chunk(request).chunks]
+
+    def ingest(self, documents: list[gateway_pb2.Document]) -> gateway_pb2.IngestDocumentsResponse:
+        return self.gateway.IngestDocuments(
+            gateway_pb2.IngestDocumentsRequest(
+                namespace=self.namespace, documents=documents, chunking=CHUNKING
+            )
+        )
+
+    def stored(self) -> dict[str, list[str]]:
+        return self.stored_chunks(self.namespace)
+
+    def dense_top_hit(self, query: str) -> retriever_pb2.SearchHit:
+        response = self.gateway.Search(
+            gateway_pb2.SearchRequest(
+                namespace=self.namespace,
+                query=query,
+                retrieval=gateway_pb2.RetrievalOptions(top_k=1, mode=common_pb2.SEARCH_MODE_DENSE),
+            )
+        )
+        return response.hits[0]
 
 
-def test_many_documents_are_stored_whole_and_findable(
+@pytest.fixture
+def archive(
     gateway: gateway_pb2_grpc.GatewayServiceStub,
     embedder: embedder_pb2_grpc.EmbedderServiceStub,
     namespace: str,
     stored_chunks: ChunkReader,
-) -> None:
+) -> Archive:
+    return Archive(gateway, embedder, namespace, stored_chunks)
+
+
+def test_many_documents_are_stored_whole_and_findable(archive: Archive) -> None:
     documents = _documents()
-    expected = {document.id: _chunk_texts(embedder, document.text) for document in documents}
+    expected = {document.id: archive.chunk_texts(document.text) for document in documents}
     assert sum(len(chunks) for chunks in expected.values()) > 8 * 64, "enough chunks for many batches"
 
-    first = _ingest(gateway, namespace, documents)
-    second = _ingest(gateway, namespace, documents)
+    first = archive.ingest(documents)
+    second = archive.ingest(documents)
 
     assert [r.document_id for r in first.results] == [d.id for d in documents], "results in request order"
     assert [r.status for r in first.results] == [CREATED] * DOCUMENTS
     assert [r.chunk_count for r in first.results] == [len(expected[d.id]) for d in documents]
-    assert stored_chunks(namespace) == expected
+    assert archive.stored() == expected
     assert {t.stage for t in first.timings} >= {"chunk", "embed", "upsert"}
     assert [r.status for r in second.results] == [UNCHANGED] * DOCUMENTS
     assert [r.chunk_count for r in second.results] == [r.chunk_count for r in first.results]
@@ -101,18 +114,13 @@ def test_many_documents_are_stored_whole_and_findable(
     # chunk's exact text finds that very chunk first.
     last = documents[-1].id
     lighthouse_chunk = next(text for text in expected[last] if LIGHTHOUSE in text)
-    hit = _dense_top_hit(gateway, namespace, lighthouse_chunk)
+    hit = archive.dense_top_hit(lighthouse_chunk)
     assert (hit.document_id, hit.chunk_index) == (last, expected[last].index(lighthouse_chunk))
     middle = expected[documents[DOCUMENTS // 2].id]
-    assert _dense_top_hit(gateway, namespace, middle[len(middle) // 2]).text == middle[len(middle) // 2]
+    assert archive.dense_top_hit(middle[len(middle) // 2]).text == middle[len(middle) // 2]
 
 
-def test_an_embedding_failure_mid_ingest_leaves_only_whole_documents(
-    gateway: gateway_pb2_grpc.GatewayServiceStub,
-    embedder: embedder_pb2_grpc.EmbedderServiceStub,
-    namespace: str,
-    stored_chunks: ChunkReader,
-) -> None:
+def test_an_embedding_failure_mid_ingest_leaves_only_whole_documents(archive: Archive) -> None:
     documents = _documents()
     # Two short sentences apart by a long run of spaces are one chunk of a few
     # tokens but over 100,000 characters, more than the embedder accepts per
@@ -121,22 +129,22 @@ def test_an_embedding_failure_mid_ingest_leaves_only_whole_documents(
     documents[failing] = gateway_pb2.Document(
         id=documents[failing].id, text="Bollards were inspected." + " " * 120_000 + "None were loose."
     )
-    assert len(_chunk_texts(embedder, documents[failing].text)) == 1
+    assert len(archive.chunk_texts(documents[failing].text)) == 1
 
     with pytest.raises(grpc.RpcError) as raised:
-        _ingest(gateway, namespace, documents)
+        archive.ingest(documents)
     details = raised.value.details() or ""
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "embedder" in details
     assert "100000 characters" in details
-    stored = stored_chunks(namespace)
+    stored = archive.stored()
     position = {document.id: index for index, document in enumerate(documents)}
     assert all(position[document_id] < failing for document_id in stored), (
         "no document from the failed batch on is stored: answers come in order, and the stream stopped"
     )
     for document_id, chunks in stored.items():
-        assert chunks == _chunk_texts(embedder, documents[position[document_id]].text), (
+        assert chunks == archive.chunk_texts(documents[position[document_id]].text), (
             f"{document_id} is stored whole"
         )
 
@@ -144,8 +152,8 @@ def test_an_embedding_failure_mid_ingest_leaves_only_whole_documents(
     # whole: exactly what was stored when the error came back, as nothing of the
     # failed ingest is still being written after it answers.
     del documents[failing]
-    retried = _ingest(gateway, namespace, documents)
+    retried = archive.ingest(documents)
 
     assert {r.document_id for r in retried.results if r.status == UNCHANGED} == set(stored)
     assert {r.status for r in retried.results} <= {CREATED, UNCHANGED}
-    assert set(stored_chunks(namespace)) == {document.id for document in documents}
+    assert set(archive.stored()) == {document.id for document in documents}

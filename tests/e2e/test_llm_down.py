@@ -57,7 +57,7 @@ def test_ask_is_unavailable_naming_the_llm_and_the_rest_keeps_serving(
         # Retrieval through the same gateway is unaffected: embedder and retriever serve on.
         found = down.Search(gateway_pb2.SearchRequest(namespace=ingested, query=QUESTION), timeout=DEADLINE_S)
 
-    error: grpc.Call = raised.value  # type: ignore[assignment]
+    error = raised.value
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     details = error.details() or ""
     assert "generator is unavailable" in details
@@ -77,7 +77,7 @@ def test_ask_stream_sends_the_sources_then_fails_unavailable(llm_down_gateway: s
         with pytest.raises(grpc.RpcError) as raised:
             events.extend(down.AskStream(gateway_pb2.AskStreamRequest(request=request), timeout=DEADLINE_S))
 
-    error: grpc.Call = raised.value  # type: ignore[assignment]
+    error = raised.value
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "LLM" in (error.details() or "")
     # Retrieval had worked: the sources came before the generator failed.

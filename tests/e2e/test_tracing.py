@@ -23,7 +23,7 @@ def test_one_ask_is_one_trace_spanning_every_service(
     trace_id, client_span_id = secrets.token_hex(16), secrets.token_hex(8)
     gateway.Ask(
         gateway_pb2.AskRequest(namespace=namespace, question="When is the hand-over?"),
-        metadata=[("traceparent", f"00-{trace_id}-{client_span_id}-01")],
+        metadata=(("traceparent", f"00-{trace_id}-{client_span_id}-01"),),
     )
 
     def complete(received: list[ReceivedSpan]) -> bool:

@@ -232,7 +232,7 @@ async def test_a_cancelled_generate_stream_stops_the_llm_and_the_generator_keeps
 
 def sample_chunks(size: int = 1400) -> list[generator_pb2.ContextChunk]:
     """Two chunks of each sample document: about 330 tokens each, 2600 in all."""
-    chunks = []
+    chunks: list[generator_pb2.ContextChunk] = []
     for path in sorted(SAMPLES.glob("*")):
         text = path.read_text()
         chunks.extend(
