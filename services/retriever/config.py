@@ -13,12 +13,14 @@ from services.retriever.limits import (
     DEFAULT_CANDIDATE_DEPTH,
     DEFAULT_EF_SEARCH,
     DEFAULT_LEG_WEIGHT,
+    DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
     DEFAULT_POOL_MAX_SIZE,
     DEFAULT_POOL_MIN_SIZE,
     DEFAULT_RERANK_BUDGET_MS,
     DEFAULT_RERANK_CANDIDATES,
     DEFAULT_RERANK_MAX_LENGTH,
     DEFAULT_RRF_K,
+    DEFAULT_STATEMENT_TIMEOUT_MS,
     MAX_BM25_B,
     MAX_BM25_K1,
     MAX_CANDIDATE_DEPTH,
@@ -27,6 +29,7 @@ from services.retriever.limits import (
     MAX_RERANK_BUDGET_MS,
     MAX_RERANK_CANDIDATES,
     MAX_RRF_K,
+    MAX_STATEMENT_TIMEOUT_MS,
 )
 from services.retriever.schema import (
     DEFAULT_HNSW_EF_CONSTRUCTION,
@@ -44,7 +47,9 @@ class RetrieverSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix=RETRIEVER.env_prefix)
 
     port: int = Field(RETRIEVER.port, ge=0, le=65535)
-    # Any PostgreSQL with pgvector; `rag up` starts an embedded one and sets it.
+    # PostgreSQL 16+ prepared by `python -m services.retriever.database_setup`
+    # (the vector extension, the role rag_retriever and its schema), connected
+    # to as rag_retriever; `rag up` starts an embedded one and sets it.
     database_url: SecretStr = Field(validation_alias=AliasChoices("RETRIEVER_DATABASE_URL", "DATABASE_URL"))
     # Must match the embedder's model; checked against the stored schema at start-up.
     embedding_dimension: int = Field(384, ge=1, le=MAX_INDEXED_DIMENSION)
@@ -56,6 +61,11 @@ class RetrieverSettings(ServerSettings):
     default_ef_search: int = Field(DEFAULT_EF_SEARCH, ge=1, le=MAX_EF_SEARCH)
     pool_min_size: int = Field(DEFAULT_POOL_MIN_SIZE, ge=0)
     pool_max_size: int = Field(DEFAULT_POOL_MAX_SIZE, ge=1)
+    # Waiting longer for a free pooled connection fails the call with UNAVAILABLE.
+    pool_acquire_timeout_s: float = Field(DEFAULT_POOL_ACQUIRE_TIMEOUT_S, gt=0)
+    # statement_timeout of every pooled connection; a statement running longer
+    # fails its call with DEADLINE_EXCEEDED (see services/retriever/limits.py).
+    statement_timeout_ms: int = Field(DEFAULT_STATEMENT_TIMEOUT_MS, ge=1, le=MAX_STATEMENT_TIMEOUT_MS)
     # The keyword leg's language: a PostgreSQL text search configuration (see
     # pg_ts_config), checked against the database and the stored keyword index
     # at start-up. Changing it means re-creating the tables and re-ingesting.

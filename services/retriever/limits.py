@@ -68,6 +68,17 @@ MAX_PAGE_SIZE = 1000
 # Connections to the database each replica keeps open at least and at most.
 DEFAULT_POOL_MIN_SIZE = 1
 DEFAULT_POOL_MAX_SIZE = 10
+# How long a call waits for a free pooled connection before it fails with
+# UNAVAILABLE (retried by the gateway's channel), rather than queueing for as
+# long as its deadline allows behind calls that hold every connection.
+DEFAULT_POOL_ACQUIRE_TIMEOUT_S = 10.0
+# PostgreSQL's statement_timeout on every pooled connection: a statement
+# running longer is cancelled, and the call fails with DEADLINE_EXCEEDED
+# instead of holding its connection and locks. PostgreSQL takes at most
+# INT_MAX milliseconds; 0, its "no limit", is not offered. Migrations run on a
+# connection of their own, without it (they may wait on each other's lock).
+DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+MAX_STATEMENT_TIMEOUT_MS = 2**31 - 1
 
 
 def require_ef_search(ef_search: int, field: str = "ef_search") -> int:

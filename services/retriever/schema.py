@@ -12,6 +12,11 @@ that has shipped.
 The keyword index (migration 2) is built with one text search configuration,
 recorded in `rag_settings`; a retriever configured with another refuses to
 start, since its query lexemes would not match the stored ones.
+
+Nothing here needs a superuser: the vector extension, the role the retriever
+connects as and the schema its tables live in are made beforehand by
+database_setup.py, run once by an administrator. migrate() checks that the
+extension is there and says to run the setup if it is not.
 """
 
 from __future__ import annotations
@@ -41,6 +46,27 @@ DEFAULT_TEXT_SEARCH_CONFIG = "english"
 
 # pg_input_is_valid, which time-range filters use, came in PostgreSQL 16.
 MIN_SERVER_VERSION_NUM = 160000
+
+# The role the retriever connects as, and the schema that holds its tables:
+# named alike, so the role's search path ("$user", public) finds it first.
+# database_setup.py makes both.
+RETRIEVER_ROLE = "rag_retriever"
+RETRIEVER_SCHEMA = RETRIEVER_ROLE
+
+# Every table the migrations create (tests/retriever/test_database_setup.py
+# checks the list against them). database_setup.py hands these to the role
+# when an earlier retriever, connected as a superuser, made them in public.
+TABLES = (
+    "rag_schema_migrations",
+    "rag_documents",
+    "rag_chunks",
+    "rag_postings",
+    "rag_keyword_stats",
+    "rag_settings",
+    "rag_document_failures",
+)
+
+SETUP_COMMAND = "python -m services.retriever.database_setup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,12 +280,11 @@ async def migrate(
     """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings."""
     settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction, text_search_config)
     await _require_server_version(conn)
+    await _require_vector_extension(conn)
     await _require_text_search_config(conn, text_search_config)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-        # Under the lock: two replicas creating the extension at once would
-        # otherwise race on pg_extension's unique index.
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        await _refuse_a_second_set_of_tables(conn)
         await conn.execute(
             """
             CREATE TABLE IF NOT EXISTS rag_schema_migrations (
@@ -288,6 +313,34 @@ async def _require_server_version(conn: asyncpg.Connection) -> None:
     version_num = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
     if version_num < MIN_SERVER_VERSION_NUM:
         raise RuntimeError(f"the retriever needs PostgreSQL 16 or later; the server is {version_num}")
+
+
+async def _require_vector_extension(conn: asyncpg.Connection) -> None:
+    """pgvector is not a trusted extension: creating it is the administrator's part of the set-up."""
+    if await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'") is None:
+        database = await conn.fetchval("SELECT current_database()")
+        raise RuntimeError(
+            f"the vector extension is not installed in database {database!r}; run `{SETUP_COMMAND}` "
+            "once with an administrator's connection (RETRIEVER_ADMIN_DATABASE_URL): it installs the "
+            f"extension and creates the role {RETRIEVER_ROLE} for the retriever to connect as"
+        )
+
+
+async def _refuse_a_second_set_of_tables(conn: asyncpg.Connection) -> None:
+    """Refuse to create empty tables beside the ones the setup gave to the retriever's role.
+
+    A connection as another role (an administrator's, say) does not have the
+    role's schema on its search path: migrating would start an empty store.
+    """
+    if await conn.fetchval("SELECT to_regclass('rag_schema_migrations')") is not None:
+        return
+    if await conn.fetchval("SELECT to_regclass($1)", f"{RETRIEVER_SCHEMA}.rag_schema_migrations") is None:
+        return
+    user = await conn.fetchval("SELECT current_user")
+    raise RuntimeError(
+        f"the retriever's tables are in schema {RETRIEVER_SCHEMA}, which `{SETUP_COMMAND}` gave to the "
+        f"role {RETRIEVER_ROLE}, but this connection is {user!r}; connect as {RETRIEVER_ROLE}"
+    )
 
 
 async def _check_dimension(conn: asyncpg.Connection, dimension: int) -> None:

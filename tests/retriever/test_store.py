@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.limits import EMPTY_DELETE
+from services.common.limits import EMPTY_DELETE, MAX_METADATA_BYTES
 from services.retriever.filters import AnyOf, FieldEquals, NumberRange
 from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, search_sql
 from services.retriever.keyword import Bm25
@@ -82,7 +82,7 @@ async def test_migrate_creates_the_schema_once_even_when_replicas_race(make_data
     dsn = await make_database()
     conns = [await asyncpg.connect(dsn) for _ in range(4)]
     try:
-        # Without the advisory lock these would collide on CREATE EXTENSION / CREATE TABLE.
+        # Without the advisory lock these would collide on CREATE TABLE.
         await asyncio.gather(
             *(migrate(c, dimension=DIMENSION, hnsw_m=8, hnsw_ef_construction=32) for c in conns)
         )
@@ -284,6 +284,13 @@ async def test_stored_documents_and_content_hashes(store: ChunkStore, namespace:
             "metadata must not contain NUL",
             "documents[1].metadata",
         ),
+        (
+            # {"notes":"…"}: 12 bytes around the value.
+            document("bad", metadata={"notes": "é" * (MAX_METADATA_BYTES // 2 - 5)}),
+            f"documents[1].metadata is {MAX_METADATA_BYTES + 2} bytes as JSON; metadata of at most "
+            f"{MAX_METADATA_BYTES} bytes",
+            "documents[1].metadata",
+        ),
         (document("bad", texts=["nul\x00"]), "text must not contain NUL", "documents[1].chunks[0].text"),
     ],
 )
@@ -295,6 +302,13 @@ async def test_invalid_documents_are_refused_before_anything_is_written(
     assert raised.value.field == field
     assert await db.fetchval("SELECT count(*) FROM rag_documents WHERE namespace = $1", namespace) == 0
     assert await count_chunks(db, namespace) == 0
+
+
+async def test_metadata_of_the_largest_size_accepted_is_stored(store: ChunkStore, namespace: str) -> None:
+    metadata = {"notes": "x" * (MAX_METADATA_BYTES - 12)}
+    await store.upsert(namespace, [document("doc", metadata=metadata)])
+    (hit,) = await store.search_keyword(namespace, "chunk", 1)
+    assert hit.metadata == metadata
 
 
 @pytest.mark.parametrize("namespace_value", ["", "UPPER", "a b", "x" * 64, "'; DROP TABLE rag_chunks; --"])

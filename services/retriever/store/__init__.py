@@ -8,7 +8,8 @@ Plain async Python over an asyncpg pool, testable without gRPC:
 - validation.py: the checks on caller input, run before any SQL;
 - reads.py and writes.py: the statements, each function on a connection it
   is given, reads apart from writes;
-- connection.py: pools, codecs, and database outages as Unavailable.
+- connection.py: pools, codecs, time limits, and what the database's
+  outages and timeouts become (Unavailable, DeadlineExceeded).
 """
 
 from services.retriever.store.chunk_store import ChunkStore

@@ -9,6 +9,7 @@ is scoped to one namespace; no query reads or writes another.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
@@ -21,8 +22,11 @@ from services.retriever.keyword import Bm25
 from services.retriever.limits import (
     DEFAULT_EF_SEARCH,
     DEFAULT_PAGE_SIZE,
+    DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
     DEFAULT_POOL_MAX_SIZE,
     DEFAULT_POOL_MIN_SIZE,
+    DEFAULT_STATEMENT_TIMEOUT_MS,
+    MAX_STATEMENT_TIMEOUT_MS,
     require_ef_search,
     require_page_size,
 )
@@ -34,7 +38,7 @@ from services.retriever.schema import (
     migrate,
 )
 from services.retriever.store import reads, validation, writes
-from services.retriever.store.connection import acquire, create_pool, session_settings
+from services.retriever.store.connection import acquire, create_pool, session_settings, warn_if_superuser
 from services.retriever.store.records import (
     DocumentInput,
     DocumentPage,
@@ -58,7 +62,9 @@ class ChunkStore:
     delete.
 
     Caller input is refused with InvalidArgument before any SQL runs; a
-    database that cannot be reached surfaces as Unavailable.
+    database that cannot be reached, or no connection free within
+    `pool_acquire_timeout_s`, surfaces as Unavailable, a statement past the
+    statement timeout as DeadlineExceeded (see connection.py).
 
     The store owns `pool` and closes it in `close()`. Use `connect()` to build
     one: it migrates the schema and registers the codecs the store relies on.
@@ -74,9 +80,12 @@ class ChunkStore:
         text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG,
         bm25: Bm25 | None = None,
         default_fusion: Fusion | None = None,
+        pool_acquire_timeout_s: float = DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
     ) -> None:
         if not 1 <= dimension <= MAX_INDEXED_DIMENSION:
             raise ValueError(f"dimension must be 1..{MAX_INDEXED_DIMENSION}, got {dimension}")
+        if not pool_acquire_timeout_s > 0:
+            raise ValueError(f"pool_acquire_timeout_s must be more than 0, got {pool_acquire_timeout_s}")
         default_fusion = default_fusion or Fusion()
         # Configuration, not caller input: the request checks, raised as ValueError.
         try:
@@ -85,6 +94,7 @@ class ChunkStore:
         except InvalidArgument as exc:
             raise ValueError(exc.message) from None
         self._pool = pool
+        self._acquire_timeout_s = pool_acquire_timeout_s
         self._dimension = dimension
         self._default_ef_search = default_ef_search
         self._text_search_config = text_search_config
@@ -105,21 +115,32 @@ class ChunkStore:
         default_fusion: Fusion | None = None,
         min_pool_size: int = DEFAULT_POOL_MIN_SIZE,
         max_pool_size: int = DEFAULT_POOL_MAX_SIZE,
+        pool_acquire_timeout_s: float = DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
+        statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
         server_settings: Mapping[str, str] | None = None,
     ) -> ChunkStore:
         """Migrate the schema, then open a pool whose connections speak `vector` and `jsonb`.
 
         `server_settings` adds session settings for every connection (e.g.
-        statement_timeout); see connection.session_settings for the defaults.
+        planner settings); see connection.session_settings for the defaults.
+        `statement_timeout_ms` is the pooled connections' statement_timeout.
         RuntimeError when the database cannot hold what the settings ask for:
         another embedding dimension, or a text search configuration it does
-        not have or did not build the keyword index with.
+        not have or did not build the keyword index with; or when it was not
+        prepared by database_setup (no vector extension).
         """
+        if not 1 <= statement_timeout_ms <= MAX_STATEMENT_TIMEOUT_MS:
+            raise ValueError(
+                f"statement_timeout_ms must be 1..{MAX_STATEMENT_TIMEOUT_MS}, got {statement_timeout_ms}"
+            )
         settings = session_settings(server_settings)
         # The vector type must exist before a connection can register its
-        # codec, so the migration runs on a plain connection first.
-        conn = await asyncpg.connect(dsn, server_settings=settings)
+        # codec, so the migration runs on a plain connection first. Without a
+        # statement timeout: a replica waits on the migration lock for as long
+        # as another takes to migrate, and a migration may rewrite big tables.
+        conn = await asyncpg.connect(dsn, server_settings={**settings, "statement_timeout": "0"})
         try:
+            await warn_if_superuser(conn)
             await migrate(
                 conn,
                 dimension=dimension,
@@ -129,7 +150,13 @@ class ChunkStore:
             )
         finally:
             await conn.close()
-        pool = await create_pool(dsn, settings, min_size=min_pool_size, max_size=max_pool_size)
+        pool = await create_pool(
+            dsn,
+            settings,
+            min_size=min_pool_size,
+            max_size=max_pool_size,
+            statement_timeout_ms=statement_timeout_ms,
+        )
         return cls(
             pool,
             dimension=dimension,
@@ -137,6 +164,7 @@ class ChunkStore:
             text_search_config=text_search_config,
             bm25=bm25,
             default_fusion=default_fusion,
+            pool_acquire_timeout_s=pool_acquire_timeout_s,
         )
 
     @property
@@ -151,13 +179,16 @@ class ChunkStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return acquire(self._pool, self._acquire_timeout_s)
+
     async def ping(self) -> None:
         """Return once the database answers with the schema in place.
 
         Unavailable when it does not answer; the database's own error (an
         UndefinedTableError) when it answers without the schema.
         """
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             await conn.execute("SELECT 1 FROM rag_chunks LIMIT 0")
 
     async def upsert(self, namespace: str, documents: Sequence[DocumentInput]) -> list[UpsertOutcome]:
@@ -171,7 +202,7 @@ class ChunkStore:
         prepared = validation.prepare_documents(documents, self._dimension)
         if not prepared:
             return []
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await writes.upsert(conn, namespace, prepared, self._text_search_config)
 
     async def delete(
@@ -186,7 +217,7 @@ class ChunkStore:
         require_namespace(namespace)
         require_delete_selection(bool(document_ids), filter is not None)
         ids = validation.require_document_ids(document_ids)
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await writes.delete(conn, namespace, ids, filter)
 
     async def search(
@@ -219,7 +250,7 @@ class ChunkStore:
             fusion=fusion or self._default_fusion,
             dimension=self._dimension,
         )
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await reads.search(conn, query, self._text_search_config, self._bm25)
 
     async def search_dense(
@@ -248,7 +279,7 @@ class ChunkStore:
         ids = validation.require_document_ids(document_ids)
         if not ids:
             return []
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await reads.stored_documents(conn, namespace, ids)
 
     async def content_hashes(self, namespace: str, document_ids: Sequence[str]) -> dict[str, str]:
@@ -262,7 +293,7 @@ class ChunkStore:
         delete that removed one, committed in the same transaction.
         """
         require_namespace(namespace)
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await reads.index_version(conn, namespace)
 
     async def record_failures(self, namespace: str, failures: Sequence[FailureInput]) -> None:
@@ -275,7 +306,7 @@ class ChunkStore:
         prepared = validation.prepare_failures(failures)
         if not prepared:
             return
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             await writes.record_failures(conn, namespace, prepared)
 
     async def list_documents(
@@ -295,5 +326,5 @@ class ChunkStore:
         require_page_size(page_size)
         if "\x00" in after:
             raise InvalidArgument("after must not contain NUL characters", field="after")
-        async with acquire(self._pool) as conn:
+        async with self._connection() as conn:
             return await reads.list_documents(conn, namespace, state, page_size, after)

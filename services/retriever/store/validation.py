@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import InvalidArgument
-from services.common.limits import require_document_id, require_top_k
+from services.common.limits import require_document_id, require_metadata_bytes, require_top_k
 from services.common.validation import require_namespace, require_range, require_text
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, require_fusion
@@ -231,7 +231,12 @@ def _require_pages(pages: Sequence[int], field: str, what: str) -> list[int]:
 
 
 def _require_metadata(metadata: Mapping[str, Any], field: str, what: str) -> dict[str, Any]:
-    """A JSON object PostgreSQL's jsonb accepts: finite numbers, no NUL characters."""
+    """A JSON object PostgreSQL's jsonb accepts (finite numbers, no NUL characters), of bounded size.
+
+    The size bound is the contract's (MAX_METADATA_BYTES): metadata is copied
+    into every chunk row and every hit, so a caller that skips the gateway's
+    check must still meet it here.
+    """
     if not isinstance(metadata, Mapping):
         raise InvalidArgument(f"{what}: metadata must be an object", field=field)
     value = dict(metadata)
@@ -244,6 +249,7 @@ def _require_metadata(metadata: Mapping[str, Any], field: str, what: str) -> dic
         ) from None
     if _contains_nul(value):
         raise InvalidArgument(f"{what}: metadata must not contain NUL characters", field=field)
+    require_metadata_bytes(value, field)
     return value
 
 
