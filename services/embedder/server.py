@@ -8,6 +8,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from services.common.deferred import Deferred
+from services.common.internal_auth import InternalAuthInterceptor, TokenVerifier
+from services.common.registry import EMBEDDER
 from services.common.server import ServiceBinding, serve
 from services.embedder.batcher import BatchLimits, DynamicBatcher
 from services.embedder.cache import EmbeddingCache
@@ -30,6 +32,8 @@ def batch_limits(settings: EmbedderSettings) -> BatchLimits:
 
 
 async def run(settings: EmbedderSettings, tracer_provider: TracerProvider) -> None:
+    # First: without its key the embedder would serve anyone; it does not start.
+    internal_auth = InternalAuthInterceptor(TokenVerifier(settings.internal_auth_key(), EMBEDDER.name))
     embedder: Deferred[Embedder] = Deferred("the embedding model")
     servicer = EmbedderServicer(embedder, settings)
 
@@ -53,4 +57,5 @@ async def run(settings: EmbedderSettings, tracer_provider: TracerProvider) -> No
         if embedder.ready:
             await embedder.value.batcher.close()
 
-    await serve(settings, ServiceBinding([SERVICE_NAME], register, start, stop), tracer_provider)
+    binding = ServiceBinding([SERVICE_NAME], register, start, stop, interceptors=[internal_auth])
+    await serve(settings, binding, tracer_provider)

@@ -4,6 +4,8 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
+from services.common.internal_auth import InternalAuthInterceptor, TokenVerifier
+from services.common.registry import GENERATOR
 from services.common.server import ServiceBinding, serve
 from services.generator.backends.base import AnswerBackend
 from services.generator.backends.extractive import ExtractiveBackend
@@ -49,6 +51,8 @@ def build_assembler(settings: GeneratorSettings) -> ContextAssembler:
 
 
 async def run(settings: GeneratorSettings, tracer_provider: TracerProvider) -> None:
+    # First: without its key the generator would be anyone's free way to the LLM; it does not start.
+    internal_auth = InternalAuthInterceptor(TokenVerifier(settings.internal_auth_key(), GENERATOR.name))
     # Nothing slow to load: the token counter reads one local file before the server
     # listens, so a bad one stops start-up at once. An LLM server that is down is
     # reported per call as UNAVAILABLE, and the generator stays up for it.
@@ -59,4 +63,6 @@ async def run(settings: GeneratorSettings, tracer_provider: TracerProvider) -> N
     def register(server: grpc.aio.Server) -> None:
         generator_pb2_grpc.add_GeneratorServiceServicer_to_server(servicer, server)
 
-    await serve(settings, ServiceBinding([SERVICE_NAME], register), tracer_provider)
+    await serve(
+        settings, ServiceBinding([SERVICE_NAME], register, interceptors=[internal_auth]), tracer_provider
+    )

@@ -10,6 +10,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
 from services.common.errors import Unavailable
+from services.common.internal_auth import InternalAuthInterceptor, TokenVerifier
+from services.common.registry import RETRIEVER
 from services.common.server import ServiceBinding, serve
 from services.retriever.config import RetrieverSettings
 from services.retriever.hybrid import Fusion
@@ -30,10 +32,16 @@ UNREACHABLE = (
     Unavailable,
 )
 
-SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
+SERVICE = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"]
 
 
 async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> None:
+    # First: without its key the retriever could not tell the gateway's calls, nor
+    # their tenant, from anyone's; it does not start. Every RPC is checked for the
+    # namespaces the gateway signed into the call.
+    internal_auth = InternalAuthInterceptor(
+        TokenVerifier(settings.internal_auth_key(), RETRIEVER.name), tenant_service=SERVICE
+    )
     store: Deferred[ChunkStore] = Deferred("the database connection pool")
     reranker: Deferred[Reranker] = Deferred("the rerank model")
     rerank = (
@@ -66,7 +74,8 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
         if reranker.ready:
             reranker.value.close()
 
-    await serve(settings, ServiceBinding([SERVICE_NAME], register, start, stop), tracer_provider)
+    binding = ServiceBinding([SERVICE.full_name], register, start, stop, interceptors=[internal_auth])
+    await serve(settings, binding, tracer_provider)
 
 
 async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
@@ -94,6 +103,8 @@ async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
                 ),
                 min_pool_size=settings.pool_min_size,
                 max_pool_size=settings.pool_max_size,
+                pool_acquire_timeout_s=settings.pool_acquire_timeout_s,
+                statement_timeout_ms=settings.statement_timeout_ms,
             )
             await connected.ping()
             return connected

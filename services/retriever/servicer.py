@@ -1,8 +1,9 @@
 """RetrieverService: proto <-> ChunkStore.
 
-The servicer checks what only a call has (the tenant header, batch sizes,
-enums, page tokens); what a document or a search must satisfy, the store
-checks, once, whoever calls it.
+The servicer checks what only a call has (batch sizes, enums, page tokens);
+what a document or a search must satisfy, the store checks, once, whoever calls
+it. Which namespaces a call may touch is checked before it gets here, from the
+gateway's signed token (services/common/internal_auth.py), for every RPC alike.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from opentelemetry import trace
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
-from services.common.errors import InvalidArgument, PermissionDenied
+from services.common.errors import InvalidArgument
 from services.common.limits import require_document_id, require_top_k
 from services.common.struct_values import struct_to_dict
-from services.common.tenant import TENANT_HEADER
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
 from services.retriever import instruments, rerank_stage
@@ -104,7 +104,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.UpsertRequest, context: Context
     ) -> retriever_pb2.UpsertResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_DOCUMENTS_PER_UPSERT)
         documents = [_document(d, f"documents[{i}]") for i, d in enumerate(request.documents)]
         timer = StageTimer(self._tracer, "rag.retriever")
@@ -125,7 +124,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.DeleteRequest, context: Context
     ) -> retriever_pb2.DeleteResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         _check_id_count(request.document_ids)
         metadata_filter = filter_from_proto(request.filter) if request.HasField("filter") else None
         timer = StageTimer(self._tracer, "rag.retriever")
@@ -141,7 +139,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.SearchRequest, context: Context
     ) -> retriever_pb2.SearchResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         # The store checks top_k too, but it is given the rerank depth instead.
         require_top_k(request.top_k)
         mode = _search_mode(request.mode)
@@ -195,7 +192,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.GetDocumentHashesRequest, context: Context
     ) -> retriever_pb2.GetDocumentHashesResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         _check_id_count(request.document_ids)
         stored = await self._store.value.stored_documents(request.namespace, list(request.document_ids))
         return retriever_pb2.GetDocumentHashesResponse(
@@ -211,7 +207,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.GetIndexVersionRequest, context: Context
     ) -> retriever_pb2.GetIndexVersionResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         version = await self._store.value.index_version(request.namespace)
         return retriever_pb2.GetIndexVersionResponse(version=version)
 
@@ -219,7 +214,6 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.ListDocumentsRequest, context: Context
     ) -> retriever_pb2.ListDocumentsResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         state = _document_state(request.state)
         after = _page_token_id(request.page_token)
         page = await self._store.value.list_documents(
@@ -234,31 +228,11 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         self, request: retriever_pb2.RecordFailuresRequest, context: Context
     ) -> retriever_pb2.RecordFailuresResponse:
         require_namespace(request.namespace)
-        _require_tenant(context, request.namespace)
         require_range(len(request.documents), "documents (count)", 1, MAX_FAILURES_PER_CALL)
         await self._store.value.record_failures(
             request.namespace, [FailureInput(d.document_id, d.title, d.reason) for d in request.documents]
         )
         return retriever_pb2.RecordFailuresResponse()
-
-
-def _require_tenant(context: Context, namespace: str) -> None:
-    """Refuses a namespace the gateway did not authorize the call for.
-
-    The gateway names the namespace it checked the caller's key against in
-    TENANT_HEADER, so a gateway bug (or a forwarded request) cannot reach another
-    tenant's data. Without the header the call is trusted as before: the
-    retriever is reachable only from inside the cluster (mTLS), and the gateway
-    sends none with authentication off.
-    """
-    for name, value in context.invocation_metadata() or ():
-        if name == TENANT_HEADER:
-            text = value.decode() if isinstance(value, bytes) else value
-            if namespace not in {part.strip() for part in text.split(",")}:
-                raise PermissionDenied(
-                    f"the call is not authorized for namespace {namespace!r}", field="namespace"
-                )
-            return
 
 
 def _search_mode(value: common_pb2.SearchMode.ValueType) -> SearchMode:

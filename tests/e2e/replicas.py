@@ -1,4 +1,5 @@
-"""Service processes of a test's own, beside the session stack and sharing its database and telemetry."""
+"""Service processes of a test's own, beside the session stack and sharing its database, telemetry
+and inner-hop key (so the session's services take their calls, and theirs the session gateway's)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class Replicas:
         for name in names:
             self._processes.wait_until_serving(name, deadline)
 
+    def start_openai_generator(self, name: str, llm_base_url: str, **env: str) -> None:
+        """A generator named `name` on the openai backend, asking the LLM server at llm_base_url."""
+        self.start([name], GENERATOR_BACKEND="openai", GENERATOR_OPENAI_BASE_URL=llm_base_url, **env)
+
     def target(self, name: str) -> str:
         return self._processes.target(name)
 
@@ -70,12 +75,7 @@ def gateway_with_openai_generator(
     """
     processes = Replicas(stack, data_dir)
     try:
-        processes.start(
-            ["generator-openai"],
-            GENERATOR_BACKEND="openai",
-            GENERATOR_OPENAI_BASE_URL=llm_base_url,
-            **settings,
-        )
+        processes.start_openai_generator("generator-openai", llm_base_url, **settings)
         targets = {upstream_target_variable(u): stack.target(u.name) for u in GATEWAY_UPSTREAMS}
         targets[upstream_target_variable(GENERATOR)] = processes.target("generator-openai")
         processes.start(["gateway-openai"], **{**targets, **settings})

@@ -35,11 +35,12 @@ from rag.generator.v1 import generator_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from rag_cli.stack import Stack
 from services.common.limits import MAX_DOCUMENT_ID_CHARS, MAX_QUESTION_CHARS
-from services.common.registry import BY_NAME, SERVICES
+from services.common.registry import BY_NAME, GATEWAY_UPSTREAMS, SERVICES
 from services.generator.prompt import SYSTEM_PROMPT, build_messages
 from services.generator.sources import Source
 from tests.e2e.replicas import gateway_with_openai_generator
 from tests.generator.test_openai_backend import FakeChatServer, Reply, completion
+from tests.internal_calls import signed_channel
 
 SEEDED = "hostile-seeded"
 INJECTED = "hostile-injection"
@@ -670,10 +671,13 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def channels(stack: Stack) -> Iterator[dict[str, grpc.Channel]]:
+    """A channel to each service; those to the inner services sign their calls as the gateway does."""
+    unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     opened = {
-        service.name: grpc.insecure_channel(
-            stack.target(service.name),
-            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+        service.name: (
+            signed_channel(stack, service, options=unlimited)
+            if service in GATEWAY_UPSTREAMS
+            else grpc.insecure_channel(stack.target(service.name), options=unlimited)
         )
         for service in SERVICES
     }

@@ -14,8 +14,10 @@ from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli.stack import Stack
+from services.common.registry import EMBEDDER
 from tests.conftest import SAMPLES
 from tests.e2e.conftest import ChunkReader
+from tests.internal_calls import signed_channel
 
 CREATED, UNCHANGED = retriever_pb2.UPSERT_STATUS_CREATED, retriever_pb2.UPSERT_STATUS_UNCHANGED
 # Small chunks, so 40 documents of about 1,000 tokens make some 700 chunks:
@@ -27,7 +29,7 @@ LIGHTHOUSE = "The keeper of the Skerryvore lighthouse tests the fog signal every
 
 @pytest.fixture(scope="module")
 def embedder(stack: Stack) -> Iterator[embedder_pb2_grpc.EmbedderServiceStub]:
-    with grpc.insecure_channel(stack.target("embedder")) as channel:
+    with signed_channel(stack, EMBEDDER) as channel:
         yield embedder_pb2_grpc.EmbedderServiceStub(channel)
 
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.stack import Stack, free_port
+from services.common.registry import RETRIEVER
+from tests.internal_calls import signed_channel
 
 
 def _start(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -33,9 +36,16 @@ def _wait_serving(target: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"{target} never reported SERVING")
 
 
-def test_sigterm_stops_a_service_cleanly() -> None:
+def test_sigterm_stops_a_service_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    process = _start("services.generator", {"GENERATOR_PORT": str(port), "GENERATOR_GRACE_PERIOD_S": "2"})
+    process = _start(
+        "services.generator",
+        {
+            **Stack(data_dir=tmp_path).internal_auth_environment(),
+            "GENERATOR_PORT": str(port),
+            "GENERATOR_GRACE_PERIOD_S": "2",
+        },
+    )
     try:
         _wait_serving(f"127.0.0.1:{port}")
         process.send_signal(signal.SIGTERM)
@@ -50,6 +60,7 @@ def test_a_dependency_that_is_down_gives_unavailable_not_a_hang(stack: Stack) ->
     gateway_process = _start(
         "gateway",
         {
+            **stack.internal_auth_environment(),
             "GATEWAY_PORT": str(port),
             "GATEWAY_EMBEDDER_TARGET": dead,
             "GATEWAY_RETRIEVER_TARGET": stack.target("retriever"),
@@ -77,9 +88,13 @@ def test_retriever_is_not_serving_until_its_database_is_reachable(
 ) -> None:
     port = free_port()
     unreachable = f"postgresql://postgres@/postgres?host={tmp_path_factory.mktemp('no-db')}"
-    process = _start("services.retriever", {"RETRIEVER_PORT": str(port), "DATABASE_URL": unreachable})
+    keys = Stack(data_dir=tmp_path_factory.mktemp("keys"))
+    process = _start(
+        "services.retriever",
+        {**keys.internal_auth_environment(), "RETRIEVER_PORT": str(port), "DATABASE_URL": unreachable},
+    )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with signed_channel(keys, RETRIEVER, target=f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             status = _first_health_answer(health)
             call_error = _call_error(channel)

@@ -23,10 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from rag_cli.stack import Stack, free_port
-from services.common.registry import DEFAULT_PORTS
+from services.common.registry import DEFAULT_PORTS, GENERATOR
 from tests.conftest import THREE_TOPICS, sample_document
 from tests.e2e.replicas import Replicas
 from tests.generator.test_openai_backend import FakeChatServer, Reply, chunk, completion
+from tests.internal_calls import signed_channel
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "fake-model"
@@ -127,10 +128,9 @@ def openai_scrapes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
     metrics_port = free_port()
     processes = Replicas(stack, tmp_path_factory.mktemp("generator-tokens"))
     try:
-        processes.start(
-            ["generator-tokens"],
-            GENERATOR_BACKEND="openai",
-            GENERATOR_OPENAI_BASE_URL=llm.base_url,
+        processes.start_openai_generator(
+            "generator-tokens",
+            llm.base_url,
             GENERATOR_OPENAI_MODEL=MODEL,
             OTEL_METRICS_EXPORTER="prometheus",
             OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
@@ -138,7 +138,7 @@ def openai_scrapes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
         )
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         before = {"generator": scrape(url)}
-        with grpc.insecure_channel(processes.target("generator-tokens")) as channel:
+        with signed_channel(stack, GENERATOR, target=processes.target("generator-tokens")) as channel:
             generator = generator_pb2_grpc.GeneratorServiceStub(channel)
             generator.Generate(GENERATE, timeout=60)
             for _ in generator.GenerateStream(

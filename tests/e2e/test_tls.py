@@ -4,7 +4,8 @@ One module-wide system: embedder, retriever and generator that require client
 certificates (mTLS), and a gateway that serves TLS (no client certificate) and
 reaches them over mTLS. The services' certificate names only an internal DNS
 name, so the gateway (and the test's own clients) must use a server name
-override, as behind an IP-list target. PostgreSQL is the session stack's.
+override, as behind an IP-list target. PostgreSQL and the inner-hop key are the
+session stack's: the test's own calls to the services are signed with it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,17 @@ from rag.generator.v1 import generator_pb2
 from rag_cli.client import gateway_channel
 from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack, free_port
-from services.common.registry import GATEWAY, GATEWAY_UPSTREAMS, SERVICES, Service, upstream_target_variable
+from services.common.registry import (
+    EMBEDDER,
+    GATEWAY,
+    GATEWAY_UPSTREAMS,
+    SERVICES,
+    Service,
+    upstream_target_variable,
+)
 from services.common.tls import ClientTls
 from tests.conftest import sample_document
+from tests.internal_calls import signing
 
 # The only name in the services' certificate: no target can match it, so clients set it.
 SERVICES_NAME = "services.rag.internal"
@@ -152,6 +161,8 @@ def wait_until_serving_tls(processes: Stack, name: str, tls: ClientTls, deadline
 class TlsSystem:
     pki: Pki
     processes: Stack
+    # The stack whose inner-hop key the services were given.
+    session: Stack
 
     @property
     def services_mtls(self) -> ClientTls:
@@ -170,7 +181,7 @@ def tls_system(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ports = {service.name: free_port() for service in SERVICES}
     processes = Stack(data_dir=directory, ports=ports, grace_period_s=1.0)
     processes.log_path("any").parent.mkdir(parents=True)
-    system = TlsSystem(pki, processes)
+    system = TlsSystem(pki, processes, stack)
     base = stack.shared_environment()
     try:
         for service in GATEWAY_UPSTREAMS:
@@ -214,15 +225,20 @@ def _embed(channel: grpc.Channel) -> embedder_pb2.EmbedResponse:
 # --- tests -------------------------------------------------------------------------------------
 
 
+def _secure_embedder(system: TlsSystem, tls: ClientTls) -> grpc.Channel:
+    """A channel to the embedder over `tls`, its calls signed as the gateway's are."""
+    return signing(_secure(system.processes.target(EMBEDDER.name), tls), system.session.signer(), EMBEDDER)
+
+
 def test_mtls_service_answers_a_client_with_a_certificate(tls_system: TlsSystem) -> None:
-    with _secure(tls_system.processes.target("embedder"), tls_system.services_mtls) as channel:
+    with _secure_embedder(tls_system, tls_system.services_mtls) as channel:
         assert len(_embed(channel).embeddings[0].values) == 384
 
 
 def test_mtls_service_refuses_a_tls_client_without_a_certificate(tls_system: TlsSystem) -> None:
     no_cert = ClientTls(tls_system.pki.ca, server_name=SERVICES_NAME)
     with (
-        _secure(tls_system.processes.target("embedder"), no_cert) as channel,
+        _secure_embedder(tls_system, no_cert) as channel,
         pytest.raises(grpc.RpcError) as refused,
     ):
         _embed(channel)
@@ -279,6 +295,7 @@ def test_unreadable_certificate_fails_start_up_naming_the_setting(tmp_path: Path
     missing = tmp_path / "missing.crt"
     env = {
         **os.environ,
+        **processes.internal_auth_environment(),
         "GENERATOR_PORT": str(processes.ports["generator"]),
         "GENERATOR_TLS_CERT_FILE": str(missing),
         "GENERATOR_TLS_KEY_FILE": str(missing),

@@ -13,8 +13,10 @@ from sentence_transformers import SentenceTransformer
 
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag_cli.stack import Stack, free_port
+from services.common.registry import EMBEDDER
 from services.embedder.config import EmbedderSettings
 from services.embedder.model import EmbeddingModel
+from tests.internal_calls import signed_channel
 
 StartEmbedder = Callable[..., embedder_pb2_grpc.EmbedderServiceStub]
 
@@ -38,7 +40,10 @@ def transformer(model: EmbeddingModel) -> SentenceTransformer:
 
 @pytest.fixture
 def start_embedder(tmp_path: Path, onnx_cache: Path) -> Iterator[StartEmbedder]:
-    """Starts `python -m services.embedder` with EMBEDDER_* settings given as keywords; returns a stub."""
+    """Starts `python -m services.embedder` with EMBEDDER_* settings given as keywords; returns a stub.
+
+    The stub signs its calls with the key the processes are given, as the gateway does.
+    """
     ports: dict[str, int] = {}
     processes = Stack(data_dir=tmp_path, ports=ports, grace_period_s=1.0)
     processes.log_path("any").parent.mkdir(parents=True)
@@ -49,6 +54,7 @@ def start_embedder(tmp_path: Path, onnx_cache: Path) -> Iterator[StartEmbedder]:
         ports[name] = free_port()
         environment = {
             **os.environ,
+            **processes.internal_auth_environment(),
             "HF_HUB_OFFLINE": "1",
             "EMBEDDER_PORT": str(ports[name]),
             "EMBEDDER_GRACE_PERIOD_S": "1",
@@ -57,7 +63,7 @@ def start_embedder(tmp_path: Path, onnx_cache: Path) -> Iterator[StartEmbedder]:
         }
         processes.start_service(name, "services.embedder", environment)
         processes.wait_until_serving(name, deadline=time.monotonic() + 180)
-        channels.append(grpc.insecure_channel(processes.target(name)))
+        channels.append(signed_channel(processes, EMBEDDER, target=processes.target(name)))
         return embedder_pb2_grpc.EmbedderServiceStub(channels[-1])
 
     yield start

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from dataclasses import dataclass
 
 import grpc
 import httpx2
@@ -21,6 +22,8 @@ import pytest
 
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from rag_cli.stack import Stack, free_port
+from services.common.internal_auth import TokenSigner, signing_interceptors
+from services.common.registry import GENERATOR
 from services.generator.backends.openai_compat import OpenAICompatibleBackend
 from services.generator.citations import resolve_citations
 from services.generator.sources import Answer, GenerationOptions, Source
@@ -155,13 +158,27 @@ async def test_a_consumer_that_stops_closes_the_http_stream(
         assert answer.usage.completion_tokens > 0
 
 
+@dataclass(frozen=True)
+class SignedTarget:
+    """A service's address, and the signer its calls need (services/common/internal_auth.py)."""
+
+    target: str
+    signer: TokenSigner
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(
+            self.target, interceptors=signing_interceptors(self.signer, GENERATOR.name)
+        )
+
+
 @pytest.fixture(scope="module")
-def generator_target(llama: LlamaServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def generator_target(llama: LlamaServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedTarget]:
     """The generator service as a process, with the openai backend pointed at the llama server."""
     services = Stack(data_dir=tmp_path_factory.mktemp("generator"), ports={"generator": free_port()})
     services.log_path("generator").parent.mkdir(parents=True)
     environment = {
         **os.environ,
+        **services.internal_auth_environment(),
         "GENERATOR_PORT": str(services.ports["generator"]),
         "GENERATOR_GRACE_PERIOD_S": "2",
         "GENERATOR_BACKEND": "openai",
@@ -175,7 +192,7 @@ def generator_target(llama: LlamaServer, tmp_path_factory: pytest.TempPathFactor
     try:
         services.start_service("generator", "services.generator", environment)
         services.wait_until_serving("generator", deadline=time.monotonic() + 60)
-        yield services.target("generator")
+        yield SignedTarget(services.target("generator"), services.signer())
     finally:
         services.stop()
 
@@ -190,9 +207,9 @@ def context_chunks() -> list[generator_pb2.ContextChunk]:
 
 
 async def test_a_cancelled_generate_stream_stops_the_llm_and_the_generator_keeps_serving(
-    llama: LlamaServer, generator_target: str
+    llama: LlamaServer, generator_target: SignedTarget
 ) -> None:
-    async with grpc.aio.insecure_channel(generator_target) as channel:
+    async with generator_target.channel() as channel:
         generator = generator_pb2_grpc.GeneratorServiceStub(channel)
         disconnects = llama.disconnects()
         call = generator.GenerateStream(
@@ -245,14 +262,14 @@ def sample_chunks(size: int = 1400) -> list[generator_pb2.ContextChunk]:
 
 
 async def test_sources_beyond_the_window_are_dropped_until_the_prompt_fits_the_model(
-    llama: LlamaServer, generator_target: str
+    llama: LlamaServer, generator_target: SignedTarget
 ) -> None:
     context = sample_chunks()
     request = generator_pb2.GenerateRequest(
         question=QUESTION, context=context, options=generator_pb2.GenerationOptions(max_tokens=8)
     )
 
-    async with grpc.aio.insecure_channel(generator_target) as channel:
+    async with generator_target.channel() as channel:
         response = await generator_pb2_grpc.GeneratorServiceStub(channel).Generate(request, timeout=300)
 
     # Sent whole, the sources alone would overflow the model's 2048 tokens and the server

@@ -1,8 +1,9 @@
-"""The retriever's tenant check: a call vouched for some namespaces touches no other.
+"""The retriever's tenant check: a call signed for some namespaces touches no other.
 
-The gateway names the namespaces it authorized a call for in TENANT_HEADER;
-every RPC that names a namespace refuses any other with PERMISSION_DENIED,
-before it reads or writes anything. A call without the header is trusted.
+The gateway signs the namespaces it authorized a call for into the call's token;
+every RPC refuses any other namespace with PERMISSION_DENIED, and a call without
+a valid token with UNAUTHENTICATED, before it reads or writes anything. The
+plain tenant header of earlier versions vouches for nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from google.protobuf.message import Message
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.deferred import Deferred
-from services.common.tenant import TENANT_HEADER
+from services.common.internal_auth import MISSING_TOKEN
+from services.common.registry import RETRIEVER
 from services.retriever.servicer import RetrieverServicer
 from services.retriever.store import ChunkStore
 from services.retriever.store.records import ChunkInput, DocumentInput, DocumentState
 from tests.retriever.conftest import DIMENSION
-from tests.retriever.serving import refusal, serving
+from tests.retriever.serving import SIGNER, refusal, retriever_target
 
 # Only the stubs' type hints know the async stub; at run time it is the plain one.
 Stub: TypeAlias = "retriever_pb2_grpc.RetrieverServiceAsyncStub"
@@ -96,7 +98,7 @@ def test_every_rpc_is_covered() -> None:
 
 @pytest.fixture
 async def retriever(store: ChunkStore, namespace: str) -> AsyncIterator[Stub]:
-    """The retriever, with one document "kept" in `namespace`."""
+    """The retriever, with one document "kept" in `namespace`; its calls carry only the metadata given."""
     text = "whales"
     kept = DocumentInput(
         "kept", "h", "", {}, [ChunkInput(0, text, rng.standard_normal(DIMENSION), 0, len(text))]
@@ -104,8 +106,15 @@ async def retriever(store: ChunkStore, namespace: str) -> AsyncIterator[Stub]:
     await store.upsert(namespace, [kept])
     deferred: Deferred[ChunkStore] = Deferred("the store")
     deferred.resolve(store)
-    async with serving(RetrieverServicer(deferred)) as stub:
-        yield stub
+    async with (
+        retriever_target(RetrieverServicer(deferred)) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        yield retriever_pb2_grpc.RetrieverServiceStub(channel)
+
+
+def _signed_for(*namespaces: str) -> Metadata:
+    return SIGNER.metadata(RETRIEVER.name, namespaces=namespaces)
 
 
 async def _snapshot(store: ChunkStore, namespace: str) -> tuple[object, ...]:
@@ -114,7 +123,7 @@ async def _snapshot(store: ChunkStore, namespace: str) -> tuple[object, ...]:
 
 
 @pytest.mark.parametrize("rpc", list(CALLS))
-async def test_a_namespace_outside_the_header_is_refused_and_left_alone(
+async def test_a_namespace_outside_the_token_is_refused_and_left_alone(
     retriever: Stub, store: ChunkStore, namespace: str, rpc: str
 ) -> None:
     other = f"{namespace}-other"
@@ -122,22 +131,36 @@ async def test_a_namespace_outside_the_header_is_refused_and_left_alone(
         other, [DocumentInput("kept", "h", "", {}, [ChunkInput(0, "whales", np.ones(DIMENSION), 0, 6)])]
     )
     before = await _snapshot(store, other)
-    vouched = ((TENANT_HEADER, f"{namespace}-third, {namespace}"),)
 
-    error = await refusal(CALLS[rpc](retriever, other, vouched), grpc.StatusCode.PERMISSION_DENIED)
+    error = await refusal(
+        CALLS[rpc](retriever, other, _signed_for(f"{namespace}-third", namespace)),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
 
     assert repr(other) in (error.details() or "")
     assert await _snapshot(store, other) == before
 
 
-@pytest.mark.parametrize("vouched", [True, False], ids=["namespace in the header", "no header"])
 @pytest.mark.parametrize("rpc", list(CALLS))
-async def test_a_vouched_or_unvouched_call_is_served(
-    retriever: Stub, namespace: str, rpc: str, vouched: bool
+async def test_a_call_without_a_token_is_refused_whatever_header_it_sends(
+    retriever: Stub, store: ChunkStore, namespace: str, rpc: str
 ) -> None:
-    metadata = ((TENANT_HEADER, f"{namespace}-third, {namespace}"),) if vouched else ()
+    before = await _snapshot(store, namespace)
+    forged = (("x-rag-tenant-namespaces", namespace),)
 
-    response = await CALLS[rpc](retriever, namespace, metadata)
+    error = await refusal(CALLS[rpc](retriever, namespace, forged), grpc.StatusCode.UNAUTHENTICATED)
+
+    assert error.details() == MISSING_TOKEN
+    assert await _snapshot(store, namespace) == before
+
+
+async def test_a_token_for_no_namespace_opens_none(retriever: Stub, namespace: str) -> None:
+    await refusal(_list_documents(retriever, namespace, _signed_for()), grpc.StatusCode.PERMISSION_DENIED)
+
+
+@pytest.mark.parametrize("rpc", list(CALLS))
+async def test_a_call_signed_for_its_namespace_is_served(retriever: Stub, namespace: str, rpc: str) -> None:
+    response = await CALLS[rpc](retriever, namespace, _signed_for(f"{namespace}-third", namespace))
 
     assert isinstance(response, Message)
     assert response.DESCRIPTOR.full_name == _METHODS[rpc].output_type.full_name
