@@ -1,11 +1,21 @@
 """Who gets in, and whether there is room: the checks every GatewayService call passes first.
 
 In this order, the same for every RPC, before its handler validates the rest:
-1. the API key (UNAUTHENTICATED): nothing about the request is answered to a
-   caller who is not known;
-2. the namespace's format (INVALID_ARGUMENT);
-3. the key grants the namespace (PERMISSION_DENIED);
-4. admission (RESOURCE_EXHAUSTED, gateway/admission.py).
+1. the API key (UNAUTHENTICATED; UNAVAILABLE while the keys file cannot be
+   read): nothing about the request is answered to a caller who is not known;
+2. admission (RESOURCE_EXHAUSTED, gateway/admission.py): room in the gateway
+   and in the key's share of it;
+3. the namespace's format (INVALID_ARGUMENT);
+4. the key grants the namespace (PERMISSION_DENIED).
+
+The first two need only the call's metadata and run when gRPC looks up the
+call's handler, before the request is read: a refused call costs neither the
+memory of its message (up to the size limit) nor its decoding, so callers
+without a key, or beyond the limits, cannot make the gateway spend either.
+Admission therefore comes before the namespace checks, which need the decoded
+request; a caller with a valid key may thus be told the gateway is full before
+being told its namespace is malformed or not granted, the same way on every RPC.
+
 Health and reflection are other services: they pass untouched, open to probes
 and not counted against the gateway's limit.
 """
@@ -13,15 +23,16 @@ and not counted against the gateway's limit.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from gateway.admission import Admission
-from gateway.auth import Authorizer
-from services.common.handlers import Handler, HandlerInterceptor, checked_first
+from gateway.auth import Authorizer, Caller
+from services.common.errors import ServiceError
+from services.common.handlers import Continuation, Handler, checked_first
 from services.common.validation import require_namespace
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -42,7 +53,36 @@ def _field_value(message: Any, path: str) -> str:
     return value
 
 
-class AccessInterceptor(HandlerInterceptor):
+def _check_namespace(caller: Caller, field: str, request: Any, context: Context) -> None:
+    caller.record_on_span()
+    namespace = require_namespace(_field_value(request, field), field)
+    caller.require_grant(namespace, field)
+
+
+def refusing_unread(handler: Handler, error: ServiceError) -> Handler:
+    """A handler for `handler`'s RPC that answers `error` at once without reading the request.
+
+    It declares a stream of requests whatever the RPC takes: gRPC starts such a
+    handler before any message arrives, where for one request it would first
+    receive the whole message into memory. The status ends the call, and the
+    request, never read, goes with it.
+    """
+
+    async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
+        raise error
+
+    async def refuse_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        raise error
+        yield  # an async generator: grpc.aio serves a stream of responses from one
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream, response_serializer=handler.response_serializer
+        )
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: ServiceDescriptor, authorizer: Authorizer, admission: Admission) -> None:
         # An RPC without its namespace field would go unchecked: refuse to start instead.
         unlisted = set(service.methods_by_name) - set(NAMESPACE_FIELDS)
@@ -52,14 +92,17 @@ class AccessInterceptor(HandlerInterceptor):
         self._authorizer = authorizer
         self._admission = admission
 
-    def _check(self, field: str, request: Any, context: Context) -> None:
-        caller = self._authorizer.authenticate(context.invocation_metadata())
-        namespace = require_namespace(_field_value(request, field), field)
-        caller.require_grant(namespace, field)
-        self._admission.admit(context)
-
-    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
-        if not details.method.startswith(self._prefix):
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefix):
             return handler
-        field = NAMESPACE_FIELDS[details.method.removeprefix(self._prefix)]
-        return checked_first(handler, functools.partial(self._check, field))
+        field = NAMESPACE_FIELDS[method.removeprefix(self._prefix)]
+        try:
+            caller = self._authorizer.authenticate(handler_call_details.invocation_metadata)
+            self._admission.admit(caller.key_id)
+        except ServiceError as refused:
+            return refusing_unread(handler, refused)
+        return checked_first(handler, functools.partial(_check_namespace, caller, field))

@@ -6,11 +6,12 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from gateway.auth import require_keys_unless_local
 from gateway.upstream import ChannelPolicy
 from services.common.channel_config import LbPolicy
-from services.common.limits import MAX_QUESTION_CHARS, MAX_TOP_K
+from services.common.limits import MAX_METADATA_BYTES, MAX_QUESTION_CHARS, MAX_TOP_K
 from services.common.registry import EMBEDDER, GATEWAY, GENERATOR, RETRIEVER
-from services.common.settings import MiB, ServerSettings
+from services.common.settings import DEFAULT_MAX_MESSAGE_BYTES, MiB, ServerSettings
 from services.common.tls import ClientTls, TlsConfigError, check_pair
 
 UPSTREAM_TLS_PREFIX = "GATEWAY_UPSTREAM_TLS_"
@@ -33,10 +34,37 @@ class GatewaySettings(ServerSettings):
     keepalive_timeout_s: float = Field(10.0, gt=0)
     # Deadline for a whole call when the caller sets none.
     default_deadline_s: float = Field(60.0, gt=0)
+    # The longest any call runs: a caller's longer deadline is cut to it, so no
+    # call holds its slot, its memory and the services behind for longer.
+    max_deadline_s: float = Field(300.0, gt=0)
+    # Memory. gRPC receives a call's whole request before its handler runs and
+    # holds it until the call ends; decoding copies it and reading its text
+    # copies it again (measured: about 3 times the message per call). Only
+    # calls that got past their key and admission are read (the others are
+    # refused unread, gateway/access.py), so requests take at most
+    #     max_in_flight x max_message_bytes x 3 = 20 x 4 MiB x 3 = 240 MiB,
+    # which beside the process itself (about 80 MiB at rest) fits the 384 Mi
+    # memory limit of the gateway's pod (k8s/base/gateway.yaml). Raising one
+    # of the two means lowering the other, or giving the pod more memory.
+    max_message_bytes: int = Field(4 * MiB, ge=MiB)
     # Calls worked on at once (health and reflection not counted); past it a
-    # call is refused at once with RESOURCE_EXHAUSTED and a retry hint. About
-    # what the services behind one gateway serve without queueing long.
-    max_in_flight: int = Field(64, ge=1)
+    # call is refused at once with RESOURCE_EXHAUSTED and a retry hint. Sized
+    # to the memory above; the services behind one gateway serve about that
+    # many without queueing long.
+    max_in_flight: int = Field(20, ge=1)
+    # Of those, the most one API key may have, so that one key cannot take them
+    # all (with authentication off, every caller shares max_in_flight alone).
+    # Left at its default, it is lowered with max_in_flight (in_flight_per_key).
+    max_in_flight_per_key: int = Field(16, ge=1)
+    # Every call gRPC serves at once (past it gRPC itself refuses, with
+    # RESOURCE_EXHAUSTED): the admitted ones, and room for health probes,
+    # reflection and the calls being refused while the gateway is full, which
+    # hold no request. So it must stay above max_in_flight, or probes would
+    # fail whenever the gateway is busy.
+    max_concurrent_rpcs: int = Field(32, ge=1)
+    # Towards the embedder, retriever and generator: their messages (chunk
+    # texts with their embeddings) are larger than the requests they come from.
+    upstream_max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=MiB)
     default_top_k: int = Field(5, ge=1, le=MAX_TOP_K)
     # At most what the generator accepts: a longer question would be refused there after the search.
     max_question_chars: int = Field(MAX_QUESTION_CHARS, ge=1, le=MAX_QUESTION_CHARS)
@@ -54,8 +82,10 @@ class GatewaySettings(ServerSettings):
     answer_cache_size: int = Field(1000, ge=0)
     answer_cache_ttl_s: float = Field(3600.0, gt=0)
     # API keys (hashed, see gateway/keys.py and `rag keys`), re-read when the
-    # file changes. Unset: authentication off, for local use only.
+    # file changes. Unset: authentication off, which the gateway allows only
+    # on a loopback host unless allow_unauthenticated says otherwise.
     api_keys_file: Path | None = None
+    allow_unauthenticated: bool = False
     # TLS towards the embedder, retriever and generator: set the CA their
     # certificates chain to and the channels speak TLS; add a client certificate
     # and key for services that require one (mTLS).
@@ -67,12 +97,44 @@ class GatewaySettings(ServerSettings):
     upstream_tls_server_name: str | None = None
 
     @model_validator(mode="after")
+    def _authentication_on_unless_local(self) -> Self:
+        require_keys_unless_local(self.host, self.api_keys_file, self.allow_unauthenticated, self.variable)
+        return self
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> Self:
+        v = self.variable
+        if self.default_deadline_s > self.max_deadline_s:
+            raise ValueError(
+                f"{v('default_deadline_s')} ({self.default_deadline_s}) must be at most "
+                f"{v('max_deadline_s')} ({self.max_deadline_s})"
+            )
+        per_key_set = "max_in_flight_per_key" in self.model_fields_set
+        if per_key_set and self.max_in_flight_per_key > self.max_in_flight:
+            raise ValueError(
+                f"{v('max_in_flight_per_key')} ({self.max_in_flight_per_key}) must be at most "
+                f"{v('max_in_flight')} ({self.max_in_flight})"
+            )
+        if self.max_concurrent_rpcs <= self.max_in_flight:
+            raise ValueError(
+                f"{v('max_concurrent_rpcs')} ({self.max_concurrent_rpcs}) must be more than "
+                f"{v('max_in_flight')} ({self.max_in_flight}): health probes need room while the "
+                "gateway is full"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _upstream_tls_makes_sense(self) -> Self:
         check_pair(self.upstream_tls_cert_file, self.upstream_tls_key_file, UPSTREAM_TLS_PREFIX)
         uses_tls = self.upstream_tls_cert_file is not None or self.upstream_tls_server_name is not None
         if uses_tls and self.upstream_tls_ca_file is None:
             raise TlsConfigError(f"upstream TLS settings need {UPSTREAM_TLS_PREFIX}CA_FILE")
         return self
+
+    @property
+    def in_flight_per_key(self) -> int:
+        """The per-key limit in force: never above max_in_flight, where it could not bind."""
+        return min(self.max_in_flight_per_key, self.max_in_flight)
 
     @property
     def channel_policy(self) -> ChannelPolicy:
@@ -91,3 +153,29 @@ class GatewaySettings(ServerSettings):
             self.upstream_tls_server_name,
             UPSTREAM_TLS_PREFIX,
         )
+
+    # Request caps
+    # Metadata as compact JSON; at most the shared limit the retriever enforces.
+    max_metadata_bytes: int = Field(MAX_METADATA_BYTES, ge=2, le=MAX_METADATA_BYTES)
+    # A file's bytes, per format, checked before it is read; a larger file fails
+    # as that document's error. Each binds only where max_message_bytes lets
+    # larger files arrive at all.
+    max_pdf_bytes: int = Field(32 * MiB, ge=1)
+    max_html_bytes: int = Field(8 * MiB, ge=1)
+    max_text_file_bytes: int = Field(16 * MiB, ge=1)
+    # PDF and HTML are parsed in a worker process each (gateway/extraction.py), at
+    # most this many at once (about the CPUs the gateway has), each stopped past
+    # this time (the call's deadline stops it sooner) or address space. The pod's
+    # memory must hold max_concurrent_parses x parse_memory_mib besides the
+    # gateway's own.
+    max_concurrent_parses: int = Field(2, ge=1)
+    parse_timeout_s: float = Field(30.0, gt=0)
+    # Address space (virtual memory) of a worker, about 64 MiB of it the
+    # interpreter and the parsers. Measured: a 2000-page text PDF peaks at about
+    # 105 MiB; 4 MB of tiny HTML tags would take some 650 MiB, and fail instead.
+    parse_memory_mib: int = Field(256, ge=128)
+
+    @staticmethod
+    def variable(field: str) -> str:
+        """The environment variable of a setting, for messages that name the limit a request met."""
+        return f"{GATEWAY.env_prefix}{field.upper()}"

@@ -1,13 +1,12 @@
 """GatewayService: validates requests, then hands them to the query or the ingest pipeline.
 
 Every call reaches a handler here only once the access interceptor
-(gateway/access.py) has checked its API key, its namespace and admission, so
+(gateway/access.py) has checked its API key, admission and its namespace, so
 the request's namespace is the one the call may work in: its Tenant.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from opentelemetry import trace
 from gateway import instruments, requests
 from gateway.concurrency import Deadline
 from gateway.config import GatewaySettings
+from gateway.extraction import FileReader
 from gateway.ingest import IngestPipeline
 from gateway.query import QueryPipeline
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -28,17 +28,28 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, queries: QueryPipeline, documents: IngestPipeline, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        queries: QueryPipeline,
+        documents: IngestPipeline,
+        settings: GatewaySettings,
+        files: FileReader,
+    ) -> None:
         self._queries = queries
         self._documents = documents
         self._settings = settings
+        self._files = files
         self._tracer = trace.get_tracer(__name__)
 
     def _begin(self, context: Context) -> tuple[StageTimer, Deadline]:
-        """Starts a validated call's clock: its stage timings and the deadline its downstream calls share."""
+        """Starts a validated call's clock: its stage timings and the deadline its downstream calls share.
+
+        The caller's deadline, cut to GATEWAY_MAX_DEADLINE_S: every downstream
+        call gets at most what is left of it, so the call's work ends by then.
+        """
         remaining = context.time_remaining()
-        seconds = self._settings.default_deadline_s if remaining is None else remaining
-        return StageTimer(self._tracer, "rag.gateway"), Deadline(seconds)
+        asked = self._settings.default_deadline_s if remaining is None else remaining
+        return StageTimer(self._tracer, "rag.gateway"), Deadline(min(asked, self._settings.max_deadline_s))
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: Context
@@ -77,14 +88,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     def _validate_ask(self, request: gateway_pb2.AskRequest, prefix: str = "") -> int:
         requests.question(request.question, self._settings, f"{prefix}question")
+        requests.history(request.history, f"{prefix}history")
         return requests.top_k(request.retrieval, self._settings, f"{prefix}retrieval.top_k")
 
     async def IngestDocuments(
         self, request: gateway_pb2.IngestDocumentsRequest, context: Context
     ) -> gateway_pb2.IngestDocumentsResponse:
         timer, deadline = self._begin(context)
-        # Reading files (PDF, HTML) is CPU work: off the event loop, so other calls go on.
-        documents = await asyncio.to_thread(requests.documents, request.documents, self._settings)
+        documents = await requests.documents(request.documents, self._settings, self._files, deadline)
         results = await self._documents.ingest(
             Tenant(request.namespace), documents, request.chunking, timer, deadline
         )

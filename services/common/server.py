@@ -1,17 +1,19 @@
 """The one way every service runs its grpc.aio server.
 
 Start-up order: listen with health NOT_SERVING, start the real dependency
-(model, database pool), then report SERVING. On SIGTERM or SIGINT: health goes
-NOT_SERVING so load balancers drain, in-flight calls get the grace period, then
-the dependency is closed.
+(model, database pool), then report SERVING. While serving, a service may watch
+something it needs and report NOT_SERVING while it is missing (the gateway's
+API keys file). On SIGTERM or SIGINT: health goes NOT_SERVING so load balancers
+drain, in-flight calls get the grace period, then the dependency is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,14 @@ async def _nothing() -> None:
     return None
 
 
+# Sets the service's health as probes see it: True for SERVING, False for NOT_SERVING.
+ReportHealth = Callable[[bool], Awaitable[None]]
+
+
+async def _nothing_to_watch(_: ReportHealth) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """What serve() needs from a service."""
@@ -50,6 +60,11 @@ class ServiceBinding:
     # shared ones, so a ServiceError they raise becomes its status like a
     # handler's would, and traces and RPC metrics record that status.
     interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+    # Runs from SERVING until the stop, for a dependency that can fail while the
+    # service runs: it reports NOT_SERVING (False) while the service cannot do
+    # its work, and SERVING (True) once it can again. If it raises, the process
+    # ends with its error.
+    watch: Callable[[ReportHealth], Coroutine[Any, Any, None]] = _nothing_to_watch
 
 
 def untraced_calls() -> filters.Condition[grpc.HandlerCallDetails]:
@@ -61,6 +76,7 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
     # Metrics share the traces' resource (service.name, OTEL_RESOURCE_ATTRIBUTES).
     metrics_export = setup_metrics(tracer_provider.resource)
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         interceptors=[
             aio_server_interceptor(  # type: ignore[no-untyped-call]
                 tracer_provider=tracer_provider, filter_=untraced_calls()
@@ -103,7 +119,16 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
         starting.result()  # a failed start-up ends the process with its error
         await _set_all(health_servicer, binding.service_names, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
-        await stopping.wait()
+
+        async def report(serving: bool) -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await _set_all(health_servicer, binding.service_names, status)
+
+        await _watch_until(stopping, binding.watch(report))
     else:
         starting.cancel()
 
@@ -114,6 +139,20 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
     tracer_provider.shutdown()
     metrics_export.shutdown()
     log.info("stopped")
+
+
+async def _watch_until(stopping: asyncio.Event, watch: Coroutine[Any, Any, None]) -> None:
+    """Runs `watch` until `stopping` is set; a watch that fails ends the process with its error."""
+    watching = asyncio.create_task(watch)
+    stopped = asyncio.create_task(stopping.wait())
+    await asyncio.wait([watching, stopped], return_when=asyncio.FIRST_COMPLETED)
+    if watching.done():
+        watching.result()
+        await stopped  # a watch that had nothing to watch returns at once
+        return
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
 
 
 def _listen(server: grpc.aio.Server, settings: ServerSettings) -> None:

@@ -1,7 +1,9 @@
 """Authentication and tenant isolation, on a gateway of this module's own with a keys file.
 
 It runs beside the session stack and calls its embedder, retriever and generator,
-so the session gateway (authentication off) is untouched.
+so the session gateway (authentication off) is untouched. Also: a keys file that
+breaks while the gateway runs (every key refused, NOT_SERVING, until it is valid
+again), and the secure default (no keys, no listening beyond loopback).
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway import keys
+from gateway.access import NAMESPACE_FIELDS
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from rag_cli.main import main
 from rag_cli.stack import Stack
-from services.common.tenant import TENANT_HEADER
+from services.common.registry import GATEWAY_UPSTREAMS, upstream_target_variable
 from tests.e2e.replicas import Replicas
 from tests.otlp_receiver import OtlpReceiver
 
@@ -197,10 +199,11 @@ def test_every_rpc_on_another_tenants_namespace_is_permission_denied(tenants: Te
         assert tenants.key_a not in details
 
 
-def test_every_rpc_checks_the_key_then_the_namespace_then_the_grant_before_the_request(
+def test_every_rpc_checks_the_key_then_the_namespace_then_the_grant_before_the_handler(
     tenants: Tenants,
 ) -> None:
     # Requests a handler would refuse: each status here comes from a check made before the handler.
+    # Admission, between the key and the namespace, has room here (tests/e2e/test_admission.py fills it).
     cases = {
         "no key, malformed namespace": (MALFORMED_NAMESPACE, (), grpc.StatusCode.UNAUTHENTICATED),
         "valid key, malformed namespace": (
@@ -229,6 +232,33 @@ def test_every_rpc_checks_the_key_then_the_namespace_then_the_grant_before_the_r
     assert outcomes == expected
     for details in namespace_refusals:
         assert "namespace must be lower-case" in details, details
+
+
+# Field 1 announced as 5 bytes long, with 2 behind it: no message of any type parses.
+UNDECODABLE = b"\x0a\x05ab"
+
+
+def raw_call(channel: grpc.Channel, rpc: str, metadata: Metadata) -> Callable[[], object]:
+    """`rpc` sent UNDECODABLE as its request, bytes as they are."""
+    method = f"/{gateway_pb2.DESCRIPTOR.services_by_name['GatewayService'].full_name}/{rpc}"
+    if rpc == "AskStream":
+        streaming: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(method)
+        return lambda: streaming(UNDECODABLE, metadata=metadata, timeout=30)
+    unary: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(method)
+    return lambda: unary(UNDECODABLE, metadata=metadata, timeout=30)
+
+
+def test_the_key_is_checked_before_the_request_is_read(tenants: Tenants) -> None:
+    rpcs = list(NAMESPACE_FIELDS)
+    without_key = [code_and_details(rejection(raw_call(tenants.channel, rpc, ()))) for rpc in rpcs]
+    with_key = [
+        code_and_details(rejection(raw_call(tenants.channel, rpc, bearer(tenants.key_a)))) for rpc in rpcs
+    ]
+
+    assert [code for code, _ in without_key] == [grpc.StatusCode.UNAUTHENTICATED] * len(rpcs)
+    # The same bytes from a known caller are read, and found to be no message.
+    assert [code for code, _ in with_key] == [grpc.StatusCode.INVALID_ARGUMENT] * len(rpcs)
+    assert all("is not a valid message" in details for _, details in with_key)
 
 
 def test_a_key_works_on_its_own_namespace_and_filters_cannot_reach_another(tenants: Tenants) -> None:
@@ -339,34 +369,76 @@ def test_revocation_takes_effect_without_a_restart(tenants: Tenants) -> None:
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_the_retriever_refuses_namespaces_outside_the_tenant_header(stack: Stack) -> None:
-    with grpc.insecure_channel(stack.target("retriever")) as channel:
-        retriever = retriever_pb2_grpc.RetrieverServiceStub(channel)
-        vouched = ((TENANT_HEADER, "tenant-x,tenant-y"),)
-        direct: dict[str, Callable[[], object]] = {
-            "Search": lambda: retriever.Search(
-                retriever_pb2.SearchRequest(
-                    namespace="tenant-z", query_text="x", top_k=1, mode=common_pb2.SEARCH_MODE_KEYWORD
-                ),
-                metadata=vouched,
-            ),
-            "ListDocuments": lambda: retriever.ListDocuments(
-                retriever_pb2.ListDocumentsRequest(namespace="tenant-z"), metadata=vouched
-            ),
-            "GetIndexVersion": lambda: retriever.GetIndexVersion(
-                retriever_pb2.GetIndexVersionRequest(namespace="tenant-z"), metadata=vouched
-            ),
-            "Delete": lambda: retriever.Delete(
-                retriever_pb2.DeleteRequest(namespace="tenant-z", document_ids=["d"]), metadata=vouched
-            ),
-        }
-        for rpc, call in direct.items():
-            code, details = code_and_details(rejection(call))
-            assert code == grpc.StatusCode.PERMISSION_DENIED, (rpc, details)
-        allowed = retriever.ListDocuments(
-            retriever_pb2.ListDocumentsRequest(namespace="tenant-y"), metadata=vouched
+def test_a_broken_keys_file_refuses_every_key_and_reports_not_serving_until_it_is_fixed(
+    tenants: Tenants,
+) -> None:
+    listing = gateway_pb2.ListDocumentsRequest(namespace=tenants.own)
+    health = health_pb2_grpc.HealthStub(tenants.channel)
+    valid = tenants.keys_file.read_text()
+
+    def list_with(key: str) -> Callable[[], object]:
+        return lambda: tenants.gateway.ListDocuments(listing, metadata=bearer(key), timeout=30)
+
+    # Health changes, as the gateway reports them: the first is the status now.
+    changes = health.Watch(health_pb2.HealthCheckRequest(), timeout=120)
+    try:
+        before = next(changes).status
+        tenants.keys_file.write_text("{not json")  # as a hand edit gone wrong would leave it
+        while_broken = {key: rejection(list_with(key)) for key in (tenants.revoked, tenants.key_a)}
+        reported_broken = next(changes).status
+        tenants.keys_file.write_text(valid)
+        reported_fixed = next(changes).status
+        tenants.gateway.ListDocuments(listing, metadata=bearer(tenants.key_a), timeout=30)  # served again
+        revoked_again = rejection(list_with(tenants.revoked))
+    finally:
+        changes.cancel()
+        tenants.keys_file.write_text(valid)
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert before == serving
+    for key, error in while_broken.items():
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, "no key works while the file is broken"
+        assert "the API keys file cannot be read" in (error.details() or "")
+        assert key not in (error.details() or "")
+        trailing = {metadatum.key: metadatum.value for metadatum in error.trailing_metadata() or ()}
+        assert int(trailing["grpc-retry-pushback-ms"]) == keys.KEYS_RETRY_AFTER_MS
+    assert reported_broken == not_serving
+    assert reported_fixed == serving
+    assert revoked_again.code() == grpc.StatusCode.UNAUTHENTICATED
+    logged = tenants.log.read_text(errors="replace")
+    assert logged.count(f"the API keys file {tenants.keys_file} cannot be read") == 1
+    assert logged.count(f"the API keys file {tenants.keys_file} is valid again") == 1
+
+
+def test_a_gateway_beyond_loopback_without_keys_starts_only_when_told_to(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    processes = Replicas(stack, tmp_path_factory.mktemp("open-gateway"))
+    everywhere = "0.0.0.0"  # what a container listens on: the case under test
+    upstreams = {upstream_target_variable(u): stack.target(u.name) for u in GATEWAY_UPSTREAMS}
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            processes.start(["gateway-refused"], GATEWAY_HOST=everywhere, **upstreams)
+        processes.start(
+            ["gateway-allowed"], GATEWAY_HOST=everywhere, GATEWAY_ALLOW_UNAUTHENTICATED="true", **upstreams
         )
-        assert list(allowed.documents) == []
+        with grpc.insecure_channel(processes.target("gateway-allowed")) as channel:
+            # Served, without a key: raises otherwise.
+            gateway_pb2_grpc.GatewayServiceStub(channel).ListDocuments(
+                gateway_pb2.ListDocumentsRequest(namespace="default"), timeout=30
+            )
+        warned = processes.log_tail("gateway-allowed", lines=200)
+    finally:
+        processes.stop()
+
+    message = str(refused.value)
+    assert "gateway-refused exited with code 1" in message
+    assert "GATEWAY_API_KEYS_FILE is not set" in message
+    assert "GATEWAY_ALLOW_UNAUTHENTICATED=true" in message
+    assert (
+        f"authentication is OFF: GATEWAY_API_KEYS_FILE is not set, any caller that reaches {everywhere}"
+        in warned
+    )
 
 
 def test_keys_never_appear_in_logs_or_spans(tenants: Tenants, otlp_receiver: OtlpReceiver) -> None:
