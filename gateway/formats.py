@@ -2,8 +2,13 @@
 
 The format is chosen by content type, else by the filename's extension. A file
 that cannot be read (corrupt, encrypted, scanned without a text layer, of an
-unknown type) raises ExtractionError with a reason meant for the caller; the
-gateway reports it as that document's failure, never as the request's.
+unknown type, with more text than a document may hold) raises ExtractionError
+with a reason meant for the caller; the gateway reports it as that document's
+failure, never as the request's.
+
+The text limit is applied while extracting: reading stops at the first page
+(PDF) or element (HTML) past it. PDF and HTML parsing runs in a bounded worker
+process (gateway/extraction.py); this module is what the worker runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Literal
 
 import pypdf
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning, XMLParsedAsHTMLWarning
@@ -27,6 +33,10 @@ log = logging.getLogger(__name__)
 # Past this a PDF is refused rather than parsed for minutes while the gateway waits.
 MAX_PDF_PAGES = 2000
 
+# The longest title a document may have: a caller's longer one is refused, a
+# file's own is cut to it (it can be anything).
+MAX_TITLE_CHARS = 1000
+
 PAGE_SEPARATOR = "\n\n"
 
 # bs4 warns about input it finds odd (a bare URL, an XHTML file); a gateway parses
@@ -35,14 +45,23 @@ warnings.filterwarnings("ignore", category=MarkupResemblesLocatorWarning)
 warnings.filterwarnings("ignore", category=XMLParsedAsHTMLWarning)
 
 
+FileFormat = Literal["pdf", "html", "markdown", "text"]
+
+
 class ExtractionError(ValueError):
     """The file cannot be turned into text; the message says why, for the caller."""
+
+
+class TextTooLong(ExtractionError):
+    def __init__(self, max_text_bytes: int) -> None:
+        super().__init__(f"its text is longer than the {max_text_bytes} bytes a document may hold")
 
 
 @dataclass(frozen=True)
 class ExtractedText:
     text: str
-    # The document's own title (PDF metadata, HTML <title>, a Markdown "# " heading); may be empty.
+    # The document's own title (PDF metadata, HTML <title>, a Markdown "# " heading), cut to
+    # MAX_TITLE_CHARS; may be empty.
     title: str
     # Character offset in text where each page begins, page 1 first; empty for formats without pages.
     page_starts: tuple[int, ...] = ()
@@ -67,16 +86,33 @@ def _page_at(page_starts: Sequence[int], offset: int) -> int:
     return max(1, bisect.bisect_right(page_starts, offset))
 
 
-def extract(content: bytes, content_type: str, filename: str) -> ExtractedText:
-    """The text of a file; raises ExtractionError when it cannot be had."""
+def extract(content: bytes, content_type: str, filename: str, *, max_text_bytes: int) -> ExtractedText:
+    """The text of a file, of at most max_text_bytes (UTF-8); raises ExtractionError when it cannot be had."""
+    file_format, charset = detect(content_type, filename)
+    return read(file_format, content, charset, max_text_bytes=max_text_bytes)
+
+
+def detect(content_type: str, filename: str) -> tuple[FileFormat, str | None]:
+    """The file's format and the charset its content type names (None when it names none)."""
     media_type, charset = _parse_content_type(content_type)
-    kind = _kind(media_type, filename)
+    return _kind(media_type, filename), charset
+
+
+def read(
+    file_format: FileFormat, content: bytes, charset: str | None, *, max_text_bytes: int
+) -> ExtractedText:
+    """The text of a file in a known format; raises ExtractionError when it cannot be had."""
     if not content:
         raise ExtractionError("the file is empty")
-    return _EXTRACTORS[kind](content, charset)
+    extracted = _EXTRACTORS[file_format](content, charset, max_text_bytes)
+    # The extractors stop once the characters alone are too many; a character
+    # may take up to four bytes, so the exact count comes last.
+    if len(extracted.text.encode()) > max_text_bytes:
+        raise TextTooLong(max_text_bytes)
+    return extracted
 
 
-_MEDIA_TYPES = {
+_MEDIA_TYPES: dict[str, FileFormat] = {
     "application/pdf": "pdf",
     "application/x-pdf": "pdf",
     "text/html": "html",
@@ -85,7 +121,7 @@ _MEDIA_TYPES = {
     "text/x-markdown": "markdown",
     "text/plain": "text",
 }
-_EXTENSIONS = {
+_EXTENSIONS: dict[str, FileFormat] = {
     ".pdf": "pdf",
     ".html": "html",
     ".htm": "html",
@@ -109,7 +145,7 @@ def _parse_content_type(content_type: str) -> tuple[str, str | None]:
     return media_type.strip().lower(), charset
 
 
-def _kind(media_type: str, filename: str) -> str:
+def _kind(media_type: str, filename: str) -> FileFormat:
     if media_type in _MEDIA_TYPES:
         return _MEDIA_TYPES[media_type]
     accepted = ", ".join(sorted(_MEDIA_TYPES))
@@ -150,28 +186,31 @@ def _decode(content: bytes, charset: str | None) -> str:
         ) from error
 
 
-def _plain_text(content: bytes, charset: str | None) -> ExtractedText:
+def _plain_text(content: bytes, charset: str | None, max_text_bytes: int) -> ExtractedText:
+    del max_text_bytes  # the whole file is the text: checked once decoded
     return ExtractedText(text=_clean(_decode(content, charset)), title="")
 
 
-def _markdown(content: bytes, charset: str | None) -> ExtractedText:
+def _markdown(content: bytes, charset: str | None, max_text_bytes: int) -> ExtractedText:
+    del max_text_bytes  # the whole file is the text: checked once decoded
     text = _clean(_decode(content, charset))
     title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), "")
-    return ExtractedText(text=text, title=title)
+    return ExtractedText(text=text, title=title[:MAX_TITLE_CHARS])
 
 
 # --- PDF ---
 
 
-def _pdf(content: bytes, charset: str | None) -> ExtractedText:
+def _pdf(content: bytes, charset: str | None, max_text_bytes: int) -> ExtractedText:
     del charset  # a PDF names its own encodings
     # pypdf raises its own errors for most damage, but builtin ones (KeyError,
     # ValueError, RecursionError...) for some; any of them means the same thing here.
+    # Running out of memory says nothing about the file: the worker reports it.
     try:
         reader = _open_pdf(content)
-        pages = _page_texts(reader)
+        pages = _page_texts(reader, max_text_bytes)
         title = _pdf_title(reader)
-    except ExtractionError:
+    except (ExtractionError, MemoryError):
         raise
     except Exception as error:
         raise ExtractionError(f"not a valid PDF: {error or type(error).__name__}") from error
@@ -203,17 +242,27 @@ def _open_pdf(content: bytes) -> pypdf.PdfReader:
     return reader
 
 
-def _page_texts(reader: pypdf.PdfReader) -> list[str]:
-    """Each page's text; a page whose text cannot be read is left empty, so it does not cost the others."""
+def _page_texts(reader: pypdf.PdfReader, max_text_bytes: int) -> list[str]:
+    """Each page's text; a page whose text cannot be read is left empty, so it does not cost the others.
+
+    Stops with TextTooLong at the first page that takes the text past
+    max_text_bytes characters (so certainly past as many bytes).
+    """
     texts: list[str] = []
     failures: list[Exception] = []
+    length = 0
     for number, page in enumerate(reader.pages, start=1):
         try:
             texts.append(_clean(page.extract_text()).strip())
+        except MemoryError:
+            raise
         except Exception as error:
             log.warning("PDF page %d has text that cannot be read: %r", number, error)
             failures.append(error)
             texts.append("")
+        length += len(texts[-1]) + len(PAGE_SEPARATOR)
+        if length - len(PAGE_SEPARATOR) > max_text_bytes:
+            raise TextTooLong(max_text_bytes)
     if failures and not any(texts):
         raise failures[0]
     return texts
@@ -223,9 +272,11 @@ def _pdf_title(reader: pypdf.PdfReader) -> str:
     # Broken metadata is common and must not cost the text.
     try:
         title = reader.metadata.title if reader.metadata else None
+    except MemoryError:
+        raise
     except Exception:
         return ""
-    return _clean(title).strip() if isinstance(title, str) else ""
+    return _clean(title).strip()[:MAX_TITLE_CHARS] if isinstance(title, str) else ""
 
 
 def _starts(pages: Sequence[str]) -> tuple[int, ...]:
@@ -260,24 +311,27 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGN
 _SPACES = re.compile(r"\s+")
 
 
-def _html(content: bytes, charset: str | None) -> ExtractedText:
+def _html(content: bytes, charset: str | None, max_text_bytes: int) -> ExtractedText:
     # Without a charset (or with one Python does not know) bs4 looks for a byte
     # order mark and <meta charset>, then guesses.
     soup = BeautifulSoup(content, "html.parser", from_encoding=charset)
     title_tag = soup.find("title")
-    title = _SPACES.sub(" ", title_tag.get_text()).strip() if title_tag else ""
+    title = _SPACES.sub(" ", title_tag.get_text()).strip()[:MAX_TITLE_CHARS] if title_tag else ""
     root = soup.find("main") or soup.find(role="main") or soup.body or soup
     assert isinstance(root, Tag)
-    return ExtractedText(text=_clean(_visible_text(root)), title=_clean(title))
+    return ExtractedText(text=_clean(_visible_text(root, max_text_bytes)), title=_clean(title))
 
 
-def _visible_text(root: Tag) -> str:
+def _visible_text(root: Tag, max_text_bytes: int) -> str:
     """The text a reader sees, one line per block element.
 
     Walked with a stack rather than recursion: deeply nested markup must not
-    overflow Python's stack.
+    overflow Python's stack. Stops with TextTooLong once the pieces hold more
+    than max_text_bytes characters besides line breaks (so the text has more
+    than as many bytes).
     """
     parts: list[str] = []
+    length = 0
     todo: list[PageElement | None] = [root]  # None marks the end of a block element
     while todo:
         node = todo.pop()
@@ -287,6 +341,9 @@ def _visible_text(root: Tag) -> str:
             _visit_tag(node, parts, todo)
         elif type(node) is NavigableString:  # not comments, doctypes or CDATA
             parts.append(_SPACES.sub(" ", node))
+            length += len(parts[-1].strip())
+            if length > max_text_bytes:
+                raise TextTooLong(max_text_bytes)
     lines = (line.strip() for line in "".join(parts).split("\n"))
     return "\n".join(line for line in lines if line)
 
@@ -316,7 +373,7 @@ def _is_dropped(tag: Tag) -> bool:
     return tag.name in _LANDMARK_TAGS and tag.find_parent(_SECTIONING_TAGS) is None
 
 
-_EXTRACTORS: dict[str, Callable[[bytes, str | None], ExtractedText]] = {
+_EXTRACTORS: dict[FileFormat, Callable[[bytes, str | None, int], ExtractedText]] = {
     "pdf": _pdf,
     "html": _html,
     "markdown": _markdown,

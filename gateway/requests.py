@@ -5,12 +5,18 @@ validate again; this layer only makes sure the common mistakes are caught
 before any work is spent on them.
 
 A document sent as a file is an exception: what is wrong with a file (corrupt,
-encrypted, no text) shows only once it is read, so it fails that document
-alone (IncomingDocument.error), not the request.
+encrypted, no text, too large for its format, too costly to parse) shows only
+once it is read, so it fails that document alone (IncomingDocument.error), not
+the request. Files are read by gateway/extraction.py, within its limits.
+
+Metadata is bounded as JSON (GATEWAY_MAX_METADATA_BYTES) because every chunk
+row and every hit carries a copy; a Struct far too large on the wire is refused
+before it is converted at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -18,14 +24,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import formats
+from gateway.concurrency import Deadline, run_all
 from gateway.config import GatewaySettings
+from gateway.extraction import FileReader
+from gateway.formats import MAX_TITLE_CHARS
+from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2
 from services.common.errors import InvalidArgument
-from services.common.limits import require_document_id, require_top_k
+from services.common.limits import (
+    metadata_limit,
+    require_document_id,
+    require_history,
+    require_metadata_bytes,
+    require_top_k,
+)
 from services.common.struct_values import struct_to_dict
 from services.common.validation import require_range, require_text
 
-MAX_TITLE_CHARS = 1000
+# A Struct's wire form is at most about 2.75 times its compact JSON (a list of
+# zeros: 11 bytes each on the wire, "0.0," in JSON), so one more than three
+# times the limit on the wire is over it as JSON, whatever it holds.
+_METADATA_WIRE_BYTES_PER_JSON_BYTE = 3
 
 
 @dataclass(frozen=True)
@@ -75,7 +94,23 @@ def question(text: str, settings: GatewaySettings, field: str) -> str:
     return require_text(text, field, max_chars=settings.max_question_chars)
 
 
-def documents(protos: Sequence[gateway_pb2.Document], settings: GatewaySettings) -> list[IncomingDocument]:
+def history(turns: Sequence[common_pb2.ChatTurn], field: str) -> None:
+    """The generator's own limits, checked before any retrieval is spent on the question."""
+    require_history([turn.content for turn in turns], field)
+
+
+async def documents(
+    protos: Sequence[gateway_pb2.Document], settings: GatewaySettings, files: FileReader, deadline: Deadline
+) -> list[IncomingDocument]:
+    """The request's documents, checked, and their files read: each file its document's success or failure."""
+    # Checking and converting a request of many MiB is CPU work: off the event loop.
+    checked = await asyncio.to_thread(_checked_documents, protos, settings)
+    return await run_all(_read(document, files, deadline) for document in checked)
+
+
+def _checked_documents(
+    protos: Sequence[gateway_pb2.Document], settings: GatewaySettings
+) -> list[IncomingDocument | _UnreadFile]:
     require_range(len(protos), "documents (count)", 1, settings.max_documents_per_request)
     seen: set[str] = set()
     result = []
@@ -91,15 +126,27 @@ def documents(protos: Sequence[gateway_pb2.Document], settings: GatewaySettings)
     return result
 
 
-def _document(proto: gateway_pb2.Document, field: str, settings: GatewaySettings) -> IncomingDocument:
+@dataclass(frozen=True)
+class _UnreadFile:
+    """A document sent as a file, checked but not read yet."""
+
+    id: str
+    title: str
+    metadata: dict[str, Any]
+    file: gateway_pb2.File
+
+
+def _document(
+    proto: gateway_pb2.Document, field: str, settings: GatewaySettings
+) -> IncomingDocument | _UnreadFile:
     require_document_id(proto.id, f"{field}.id")
     if len(proto.title) > MAX_TITLE_CHARS:
         raise InvalidArgument(
             f"{field}.title must be at most {MAX_TITLE_CHARS} characters", field=f"{field}.title"
         )
-    metadata = struct_to_dict(proto.metadata, f"{field}.metadata") if proto.HasField("metadata") else {}
+    metadata = _metadata(proto, f"{field}.metadata", settings) if proto.HasField("metadata") else {}
     if proto.WhichOneof("body") == "file":
-        return _file_document(proto, metadata, settings.max_document_bytes)
+        return _UnreadFile(proto.id, proto.title, metadata, proto.file)
     text = _body(proto, field, settings.max_document_bytes)
     if not text.strip():
         raise InvalidArgument(
@@ -108,33 +155,49 @@ def _document(proto: gateway_pb2.Document, field: str, settings: GatewaySettings
     return IncomingDocument(id=proto.id, title=proto.title, text=text, metadata=metadata)
 
 
-def _file_document(proto: gateway_pb2.Document, metadata: dict[str, Any], max_bytes: int) -> IncomingDocument:
-    """The file's text and pages, or a document that failed with the reason.
-
-    The text limit applies to the extracted text, which is what gets chunked;
-    the file's own size is bounded by the gRPC message limit.
-    """
-    file = proto.file
-    try:
-        extracted = formats.extract(file.content, file.content_type, file.filename)
-    except formats.ExtractionError as error:
-        return _failed(proto, metadata, str(error))
-    if not extracted.text.strip():
-        return _failed(proto, metadata, "no text found in the file")
-    size = len(extracted.text.encode())
-    if size > max_bytes:
-        return _failed(
-            proto, metadata, f"its text is {size} bytes; documents of at most {max_bytes} bytes are accepted"
+def _metadata(proto: gateway_pb2.Document, field: str, settings: GatewaySettings) -> dict[str, Any]:
+    max_bytes = settings.max_metadata_bytes
+    setting = settings.variable("max_metadata_bytes")
+    wire_bytes = proto.metadata.ByteSize()
+    if wire_bytes > _METADATA_WIRE_BYTES_PER_JSON_BYTE * max_bytes:
+        raise InvalidArgument(
+            f"{field} is {wire_bytes} bytes encoded, so more than {max_bytes} as JSON; "
+            f"{metadata_limit(max_bytes, setting)}",
+            field=field,
         )
-    # The caller's title wins; a file's own title can be anything, so it is cut rather than refused.
-    title = proto.title or extracted.title[:MAX_TITLE_CHARS] or file.filename[:MAX_TITLE_CHARS]
+    metadata = struct_to_dict(proto.metadata, field)
+    require_metadata_bytes(metadata, field, max_bytes, setting)
+    return metadata
+
+
+async def _read(
+    document: IncomingDocument | _UnreadFile, files: FileReader, deadline: Deadline
+) -> IncomingDocument:
+    """The file's text and pages, or a document that failed with the reason."""
+    if isinstance(document, IncomingDocument):
+        return document
+    file = document.file
+    try:
+        extracted = await files.read(file.content, file.content_type, file.filename, deadline)
+    except formats.ExtractionError as error:
+        return _failed(document, str(error))
+    if not extracted.text.strip():
+        return _failed(document, "no text found in the file")
+    # The caller's title wins; a file's own title is cut to the limit, as it can be anything.
+    title = document.title or extracted.title or file.filename[:MAX_TITLE_CHARS]
     return IncomingDocument(
-        id=proto.id, title=title, text=extracted.text, metadata=metadata, page_starts=extracted.page_starts
+        id=document.id,
+        title=title,
+        text=extracted.text,
+        metadata=document.metadata,
+        page_starts=extracted.page_starts,
     )
 
 
-def _failed(proto: gateway_pb2.Document, metadata: dict[str, Any], reason: str) -> IncomingDocument:
-    return IncomingDocument(id=proto.id, title=proto.title, text="", metadata=metadata, error=reason)
+def _failed(document: _UnreadFile, reason: str) -> IncomingDocument:
+    return IncomingDocument(
+        id=document.id, title=document.title, text="", metadata=document.metadata, error=reason
+    )
 
 
 def _body(proto: gateway_pb2.Document, field: str, max_bytes: int) -> str:

@@ -1,7 +1,8 @@
 """Text out of files (gateway/formats.py) and file bodies in ingest requests (gateway/requests.py).
 
 Every file is made by the test itself: PDFs with fpdf2 (and pypdf to encrypt
-them), HTML and text as literals.
+them), HTML and text as literals. The limits on reading files (bytes, time,
+memory, workers) are tested in tests/test_caps_parsing.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Sequence
 
 import pypdf
@@ -17,8 +19,10 @@ from fpdf import FPDF
 from PIL import Image
 
 from gateway import formats, requests
+from gateway.concurrency import Deadline
 from gateway.config import GatewaySettings
-from gateway.formats import ExtractionError, extract, pages_of
+from gateway.extraction import FileLimits, FileReader
+from gateway.formats import ExtractedText, ExtractionError, TextTooLong, extract, pages_of
 from rag.gateway.v1 import gateway_pb2
 
 PAGES = [
@@ -40,12 +44,52 @@ def make_pdf(pages: Sequence[str], title: str = "") -> bytes:
     return bytes(pdf.output())
 
 
+def pdf_of_streams(streams: Sequence[bytes], pages: Sequence[int]) -> bytes:
+    """A PDF whose pages show the given content streams (pages[i] is page i's stream), Flate-compressed.
+
+    Pages may share a stream: the file stays small however many pages show it.
+    """
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    stream_numbers = []
+    for stream in streams:
+        packed = zlib.compress(stream)
+        header = f"<< /Length {len(packed)} /Filter /FlateDecode >>\nstream\n".encode()
+        objects.append(header + packed + b"\nendstream")
+        stream_numbers.append(len(objects))
+    kids = []
+    for index in pages:
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {stream_numbers[index]} 0 R"
+            " /Resources << /Font << /F1 3 0 R >> >> >>".encode()
+        )
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
 def encrypt(content: bytes, user_password: str) -> bytes:
     writer = pypdf.PdfWriter(clone_from=io.BytesIO(content))
     writer.encrypt(user_password=user_password, owner_password="owner-secret", algorithm="AES-256")
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def _extract(content: bytes, content_type: str, filename: str) -> ExtractedText:
+    return extract(content, content_type, filename, max_text_bytes=GatewaySettings().max_document_bytes)
 
 
 def scanned_pdf() -> bytes:
@@ -60,7 +104,7 @@ def scanned_pdf() -> bytes:
 
 
 def test_a_pdf_gives_its_text_pages_and_title() -> None:
-    extracted = extract(make_pdf(PAGES, title="Keeper's manual"), "application/pdf", "manual.pdf")
+    extracted = _extract(make_pdf(PAGES, title="Keeper's manual"), "application/pdf", "manual.pdf")
 
     assert extracted.title == "Keeper's manual"
     assert len(extracted.page_starts) == 3
@@ -70,7 +114,7 @@ def test_a_pdf_gives_its_text_pages_and_title() -> None:
 
 
 def test_each_word_of_a_pdf_is_found_on_its_own_page() -> None:
-    extracted = extract(make_pdf(PAGES), "application/pdf", "manual.pdf")
+    extracted = _extract(make_pdf(PAGES), "application/pdf", "manual.pdf")
 
     for page, word in [(1, "dawn"), (2, "foghorn"), (3, "zeppelin")]:
         start = extracted.text.index(word)
@@ -80,12 +124,12 @@ def test_each_word_of_a_pdf_is_found_on_its_own_page() -> None:
 
 def test_an_encrypted_pdf_that_needs_a_password_fails() -> None:
     with pytest.raises(ExtractionError, match="encrypted PDF: it needs a password"):
-        extract(encrypt(make_pdf(PAGES), user_password="secret"), "application/pdf", "locked.pdf")
+        _extract(encrypt(make_pdf(PAGES), user_password="secret"), "application/pdf", "locked.pdf")
 
 
 def test_a_pdf_encrypted_only_against_copying_is_read() -> None:
     """An empty user password opens in any viewer without asking, so it opens here too."""
-    extracted = extract(encrypt(make_pdf(PAGES), user_password=""), "application/pdf", "restricted.pdf")
+    extracted = _extract(encrypt(make_pdf(PAGES), user_password=""), "application/pdf", "restricted.pdf")
 
     assert "foghorn" in extracted.text
     assert len(extracted.page_starts) == 3
@@ -101,13 +145,13 @@ def test_a_pdf_encrypted_only_against_copying_is_read() -> None:
 )
 def test_a_corrupt_pdf_fails_with_a_reason(content: bytes) -> None:
     with pytest.raises(ExtractionError, match="not a valid PDF"):
-        extract(content, "application/pdf", "broken.pdf")
+        _extract(content, "application/pdf", "broken.pdf")
 
 
 @pytest.mark.parametrize("content", [scanned_pdf(), make_pdf([""])], ids=["scanned", "blank page"])
 def test_a_pdf_without_a_text_layer_fails(content: bytes) -> None:
     with pytest.raises(ExtractionError, match="PDF has no text layer"):
-        extract(content, "application/pdf", "scan.pdf")
+        _extract(content, "application/pdf", "scan.pdf")
 
 
 # --- pages_of ---
@@ -165,7 +209,7 @@ NOISY_PAGE = """<!doctype html>
 
 
 def test_html_gives_its_main_text_and_title() -> None:
-    extracted = extract(NOISY_PAGE.encode(), "text/html", "tomatoes.html")
+    extracted = _extract(NOISY_PAGE.encode(), "text/html", "tomatoes.html")
 
     assert extracted.title == "Tomato care"
     assert extracted.text.splitlines() == [
@@ -181,7 +225,7 @@ def test_html_gives_its_main_text_and_title() -> None:
 def test_html_main_element_is_the_text_when_there_is_one() -> None:
     page = b"<body><div>Cookie banner</div><main><p>The real content.</p></main></body>"
 
-    assert extract(page, "text/html", "").text == "The real content."
+    assert _extract(page, "text/html", "").text == "The real content."
 
 
 @pytest.mark.parametrize(
@@ -195,11 +239,11 @@ def test_html_main_element_is_the_text_when_there_is_one() -> None:
     ],
 )
 def test_html_honours_its_charset(content: bytes, content_type: str) -> None:
-    assert extract(content, content_type, "page.html").text == "Grüße aus Köln"
+    assert _extract(content, content_type, "page.html").text == "Grüße aus Köln"
 
 
 def test_deeply_nested_html_does_not_overflow_the_stack() -> None:
-    assert extract(b"<div>" * 20_000 + b"deep", "text/html", "").text == "deep"
+    assert _extract(b"<div>" * 20_000 + b"deep", "text/html", "").text == "deep"
 
 
 # --- text and Markdown ---
@@ -208,21 +252,21 @@ def test_deeply_nested_html_does_not_overflow_the_stack() -> None:
 def test_text_honours_the_charset_of_its_content_type() -> None:
     content = "Grüße aus Köln".encode("latin-1")
 
-    assert extract(content, 'text/plain; charset="latin-1"', "").text == "Grüße aus Köln"
+    assert _extract(content, 'text/plain; charset="latin-1"', "").text == "Grüße aus Köln"
 
 
 def test_text_that_is_not_utf8_and_says_no_charset_fails() -> None:
     with pytest.raises(ExtractionError, match=r"not valid UTF-8 \(byte 2\)"):
-        extract("Grüße".encode("latin-1"), "text/plain", "")
+        _extract("Grüße".encode("latin-1"), "text/plain", "")
 
 
 def test_an_unknown_charset_fails() -> None:
     with pytest.raises(ExtractionError, match="unknown charset 'klingon'"):
-        extract(b"Qapla'", "text/plain; charset=klingon", "")
+        _extract(b"Qapla'", "text/plain; charset=klingon", "")
 
 
 def test_markdown_keeps_its_markup_and_gives_its_heading_as_title() -> None:
-    extracted = extract("\ufeff# Runbook\n\nRestart \x00the *service*.\n".encode(), "text/markdown", "")
+    extracted = _extract("\ufeff# Runbook\n\nRestart \x00the *service*.\n".encode(), "text/markdown", "")
 
     assert extracted == formats.ExtractedText(text="# Runbook\n\nRestart the *service*.\n", title="Runbook")
 
@@ -240,7 +284,7 @@ def test_markdown_keeps_its_markup_and_gives_its_heading_as_title() -> None:
     ],
 )
 def test_the_format_is_chosen_by_content_type_else_extension(content_type: str, filename: str) -> None:
-    assert extract(b"<title>T</title><p>Body</p>", content_type, filename) == formats.ExtractedText(
+    assert _extract(b"<title>T</title><p>Body</p>", content_type, filename) == formats.ExtractedText(
         text="Body", title="T"
     )
 
@@ -255,15 +299,23 @@ def test_the_format_is_chosen_by_content_type_else_extension(content_type: str, 
 )
 def test_an_unknown_format_fails_clearly(content_type: str, filename: str, reason: str) -> None:
     with pytest.raises(ExtractionError, match=reason):
-        extract(b"data", content_type, filename)
+        _extract(b"data", content_type, filename)
 
 
 def test_an_empty_file_fails() -> None:
     with pytest.raises(ExtractionError, match="the file is empty"):
-        extract(b"", "application/pdf", "empty.pdf")
+        _extract(b"", "application/pdf", "empty.pdf")
 
 
 # --- file bodies in ingest requests ---
+
+
+async def _documents(
+    protos: Sequence[gateway_pb2.Document], settings: GatewaySettings
+) -> list[requests.IncomingDocument]:
+    return await requests.documents(
+        protos, settings, FileReader(FileLimits.from_settings(settings)), Deadline(60)
+    )
 
 
 def _file(document_id: str, content: bytes, filename: str, title: str = "") -> gateway_pb2.Document:
@@ -272,8 +324,8 @@ def _file(document_id: str, content: bytes, filename: str, title: str = "") -> g
     )
 
 
-def test_a_file_document_carries_its_text_pages_and_title() -> None:
-    [document] = requests.documents(
+async def test_a_file_document_carries_its_text_pages_and_title() -> None:
+    [document] = await _documents(
         [_file("manual", make_pdf(PAGES, title="Keeper's manual"), "manual.pdf")], GatewaySettings()
     )
 
@@ -292,16 +344,16 @@ def test_a_file_document_carries_its_text_pages_and_title() -> None:
         ("", make_pdf(PAGES), "manual.pdf"),
     ],
 )
-def test_the_title_is_the_callers_else_the_files_else_its_name(
+async def test_the_title_is_the_callers_else_the_files_else_its_name(
     title: str, content: bytes, expected: str
 ) -> None:
-    [document] = requests.documents([_file("manual", content, "manual.pdf", title)], GatewaySettings())
+    [document] = await _documents([_file("manual", content, "manual.pdf", title)], GatewaySettings())
 
     assert document.title == expected
 
 
-def test_files_that_cannot_be_read_fail_alone_with_their_reason() -> None:
-    documents = requests.documents(
+async def test_files_that_cannot_be_read_fail_alone_with_their_reason() -> None:
+    documents = await _documents(
         [
             _file("good", make_pdf(PAGES), "good.pdf"),
             _file("locked", encrypt(make_pdf(PAGES), "secret"), "locked.pdf"),
@@ -321,19 +373,58 @@ def test_files_that_cannot_be_read_fail_alone_with_their_reason() -> None:
     assert all(d.text == "" for d in documents if d.error)
 
 
-def test_a_file_whose_text_is_over_the_limit_fails() -> None:
-    [document] = requests.documents(
-        [_file("long", b"x" * 101, "long.txt")], GatewaySettings(max_document_bytes=100)
+@pytest.mark.parametrize(
+    ("content", "filename"),
+    [
+        pytest.param(b"x" * 101, "long.txt", id="text"),
+        pytest.param("é".encode() * 51, "long.md", id="102 bytes in 51 characters"),
+        pytest.param(b"<p>" + b"x " * 60 + b"</p>", "long.html", id="html"),
+        pytest.param(make_pdf(["x " * 30, "y " * 30]), "long.pdf", id="pdf"),
+    ],
+)
+async def test_a_file_whose_text_is_over_the_limit_fails(content: bytes, filename: str) -> None:
+    [document] = await _documents([_file("long", content, filename)], GatewaySettings(max_document_bytes=100))
+
+    assert document.error == "its text is longer than the 100 bytes a document may hold"
+
+
+async def test_a_file_whose_text_is_at_the_limit_is_read() -> None:
+    [document] = await _documents(
+        [_file("full", "é".encode() * 50, "full.txt")], GatewaySettings(max_document_bytes=100)
     )
 
-    assert document.error == "its text is 101 bytes; documents of at most 100 bytes are accepted"
+    assert document.error is None
+    assert document.text == "é" * 50
 
 
-def test_the_same_file_sent_again_hashes_the_same() -> None:
+async def test_a_pdf_is_read_no_further_than_the_page_that_passes_the_text_limit() -> None:
+    """The pages after it would take minutes to parse: the outcome says they were not."""
+    long_page = b"BT /F1 12 Tf 72 712 Td (" + b"word " * 100 + b") Tj ET"
+    slow_page = b"BT /F1 12 Tf 72 712 Td (word) Tj ET\n" * 20_000
+    content = pdf_of_streams([long_page, slow_page], [0] + [1] * 200)
+    settings = GatewaySettings(max_document_bytes=100, parse_timeout_s=20)
+
+    [document] = await _documents([_file("long", content, "long.pdf")], settings)
+
+    assert document.error == "its text is longer than the 100 bytes a document may hold"
+
+
+def test_a_files_own_title_is_cut_to_the_title_limit() -> None:
+    extracted = _extract(b"<title>" + b"t" * 5000 + b"</title><p>Body</p>", "text/html", "page.html")
+
+    assert extracted.title == "t" * formats.MAX_TITLE_CHARS
+
+
+def test_text_too_long_is_an_extraction_error() -> None:
+    with pytest.raises(TextTooLong):
+        extract(b"<p>" + b"x" * 11 + b"</p>", "text/html", "page.html", max_text_bytes=10)
+
+
+async def test_the_same_file_sent_again_hashes_the_same() -> None:
     content = make_pdf(PAGES)
-    [first] = requests.documents([_file("manual", content, "manual.pdf")], GatewaySettings())
-    [again] = requests.documents([_file("manual", content, "manual.pdf")], GatewaySettings())
-    [as_text] = requests.documents(
+    [first] = await _documents([_file("manual", content, "manual.pdf")], GatewaySettings())
+    [again] = await _documents([_file("manual", content, "manual.pdf")], GatewaySettings())
+    [as_text] = await _documents(
         [gateway_pb2.Document(id="manual", title="manual.pdf", text=first.text)], GatewaySettings()
     )
 
@@ -342,9 +433,9 @@ def test_the_same_file_sent_again_hashes_the_same() -> None:
     assert first.content_hash("fp") != as_text.content_hash("fp")
 
 
-def test_text_documents_hash_as_before_pages_existed() -> None:
+async def test_text_documents_hash_as_before_pages_existed() -> None:
     """A changed hash would re-embed every stored document after an upgrade."""
-    [document] = requests.documents(
+    [document] = await _documents(
         [gateway_pb2.Document(id="note", title="Note", text="Plants on Fridays.")], GatewaySettings()
     )
 

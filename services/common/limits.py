@@ -9,6 +9,10 @@ bound (`Field(le=...)`). A limit only one service knows lives in that service.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from services.common.errors import InvalidArgument
 from services.common.validation import require_range, require_text
 
@@ -26,6 +30,18 @@ MAX_QUESTION_CHARS = 4000
 MIN_CHUNK_TOKENS = 16
 # The model adds two special tokens ([CLS], [SEP]) to every chunk it embeds.
 SPECIAL_TOKENS = 2
+
+# A document's metadata as compact JSON. It is copied into every chunk row and
+# every search hit, so its size multiplies; the gateway's own
+# GATEWAY_MAX_METADATA_BYTES may only lower it.
+MAX_METADATA_BYTES = 16 * 1024
+
+# Chat history sent with a question (gateway Ask, generator Generate): turns,
+# characters per turn and characters in all. The generator keeps only what fits
+# the model's window, so more would be received, stored in memory and dropped.
+MAX_HISTORY_TURNS = 50
+MAX_HISTORY_TURN_CHARS = 8_000
+MAX_HISTORY_CHARS = 32_000
 
 EMPTY_DELETE = "give document_ids, a filter, or both; an empty delete is refused"
 
@@ -67,3 +83,43 @@ def require_chunking(
         require_range(max_tokens, f"{field_prefix}max_tokens", MIN_CHUNK_TOKENS, limit)
     if overlap_tokens is not None:
         require_range(overlap_tokens, f"{field_prefix}overlap_tokens", 0, (max_tokens or limit) // 2)
+
+
+def metadata_json_bytes(metadata: Mapping[str, Any]) -> int:
+    """The size of metadata as compact UTF-8 JSON: what every chunk row and hit carries."""
+    return len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def require_metadata_bytes(
+    metadata: Mapping[str, Any], field: str, max_bytes: int = MAX_METADATA_BYTES, setting: str = ""
+) -> None:
+    """Metadata of at most max_bytes as compact JSON; `setting` names the variable that set the limit."""
+    size = metadata_json_bytes(metadata)
+    if size > max_bytes:
+        raise InvalidArgument(
+            f"{field} is {size} bytes as JSON; {metadata_limit(max_bytes, setting)}", field=field
+        )
+
+
+def metadata_limit(max_bytes: int, setting: str = "") -> str:
+    """What metadata is accepted, for messages; with the setting that chose the limit, when one did."""
+    named = f" ({setting})" if setting else ""
+    return f"metadata of at most {max_bytes} bytes as compact JSON is accepted{named}"
+
+
+def require_history(contents: Sequence[str], field: str = "history") -> None:
+    """Chat history within MAX_HISTORY_TURNS, MAX_HISTORY_TURN_CHARS each and MAX_HISTORY_CHARS in all."""
+    require_range(len(contents), f"{field} (count)", 0, MAX_HISTORY_TURNS)
+    total = 0
+    for index, content in enumerate(contents):
+        if len(content) > MAX_HISTORY_TURN_CHARS:
+            raise InvalidArgument(
+                f"{field}[{index}].content must be at most {MAX_HISTORY_TURN_CHARS} characters, "
+                f"got {len(content)}",
+                field=f"{field}[{index}].content",
+            )
+        total += len(content)
+    if total > MAX_HISTORY_CHARS:
+        raise InvalidArgument(
+            f"{field} must hold at most {MAX_HISTORY_CHARS} characters in all, got {total}", field=field
+        )

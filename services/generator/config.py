@@ -6,6 +6,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.common.limits import MAX_HISTORY_TURNS
 from services.common.registry import GENERATOR
 from services.common.settings import ServerSettings
 from services.generator.context import (
@@ -49,7 +50,7 @@ class GeneratorSettings(ServerSettings):
     # Sources whose word sets are at least this similar (Jaccard) to a better one are dropped.
     dedup_threshold: float = Field(DEFAULT_DEDUP_THRESHOLD, gt=0, le=1)
     # The newest prior turns sent to the LLM, and the most of the prompt budget they may take.
-    history_max_turns: int = Field(DEFAULT_HISTORY_MAX_TURNS, ge=0, le=50)
+    history_max_turns: int = Field(DEFAULT_HISTORY_MAX_TURNS, ge=0, le=MAX_HISTORY_TURNS)
     history_share: float = Field(DEFAULT_HISTORY_SHARE, ge=0, le=1)
 
     @field_validator("tokenizer_path")

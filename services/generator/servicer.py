@@ -19,7 +19,7 @@ from opentelemetry import trace
 from rag.common.v1 import common_pb2
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.common.errors import InvalidArgument
-from services.common.limits import MAX_QUESTION_CHARS
+from services.common.limits import MAX_QUESTION_CHARS, require_history
 from services.common.struct_values import struct_to_dict
 from services.common.timing import StageTimer
 from services.common.validation import require_range, require_text
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_CONTEXT_CHUNKS = 100
-MAX_HISTORY_TURNS = 50
 MAX_TEMPERATURE = 2.0
 MAX_ANSWER_TOKENS = 8192
 
@@ -117,7 +116,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServiceServicer):
     ) -> tuple[str, list[Source], list[Turn], GenerationOptions]:
         question = require_text(request.question, f"{prefix}question", max_chars=MAX_QUESTION_CHARS)
         require_range(len(request.context), f"{prefix}context (count)", 0, MAX_CONTEXT_CHUNKS)
-        require_range(len(request.history), f"{prefix}history (count)", 0, MAX_HISTORY_TURNS)
+        require_history([turn.content for turn in request.history], f"{prefix}history")
         return (
             question,
             _sources(request.context),

@@ -1,4 +1,13 @@
-"""rag.common.v1.MetadataFilter -> the retriever's filter types."""
+"""rag.common.v1.MetadataFilter -> the retriever's filter types.
+
+The limits of filters.py (depth, conditions, values per `in`) are checked while
+converting, and the first excess ends the conversion: a filter of a million
+conditions or a thousand levels costs as much as one just past the limit, and
+nesting never reaches Python's recursion limit. As no group may be empty, every
+node lies on the way to a condition, so at most MAX_CONDITIONS x MAX_DEPTH
+nodes are ever built. What is inside the limits is then validated in full by
+filters.validate_filter.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +19,58 @@ from google.protobuf import timestamp_pb2
 from rag.common.v1 import common_pb2
 from services.common.errors import InvalidArgument
 from services.retriever import filters
-from services.retriever.filters import Filter, Scalar
+from services.retriever.filters import MAX_CONDITIONS, MAX_DEPTH, MAX_IN_VALUES, Filter, Scalar
 
 
 def filter_from_proto(message: common_pb2.MetadataFilter, field: str = "filter") -> Filter:
-    kind = message.WhichOneof("kind")
-    if kind == "field":
-        return _condition(message.field, f"{field}.field")
-    if kind in ("all_of", "any_of"):
-        group = message.all_of if kind == "all_of" else message.any_of
-        children = tuple(
-            filter_from_proto(child, f"{field}.{kind}.filters[{i}]") for i, child in enumerate(group.filters)
-        )
-        return filters.AllOf(children) if kind == "all_of" else filters.AnyOf(children)
-    if kind == "negate":
-        return filters.Not(filter_from_proto(message.negate, f"{field}.negate"))
-    raise InvalidArgument(f"{field} is empty; set one of field, all_of, any_of or negate", field=field)
+    return _Conversion(field).convert(message, field, depth=1)
+
+
+class _Conversion:
+    """One filter's conversion, counting its conditions as it goes."""
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._conditions = 0
+        self._values = 0
+
+    def convert(self, message: common_pb2.MetadataFilter, field: str, depth: int) -> Filter:
+        if depth > MAX_DEPTH:
+            raise InvalidArgument(f"filters may be nested at most {MAX_DEPTH} levels deep", field=field)
+        kind = message.WhichOneof("kind")
+        if kind == "field":
+            self._count_condition()
+            condition = _condition(message.field, f"{field}.field")
+            self._count_values(filters.condition_values(condition))
+            return condition
+        if kind in ("all_of", "any_of"):
+            group = message.all_of if kind == "all_of" else message.any_of
+            if not group.filters:
+                # Refused here, not only by validate_filter: so that every group holds
+                # a condition, and counting conditions bounds the whole tree.
+                raise InvalidArgument(
+                    f"{field}.{kind} must hold at least one filter", field=f"{field}.{kind}"
+                )
+            children = tuple(
+                self.convert(child, f"{field}.{kind}.filters[{i}]", depth + 1)
+                for i, child in enumerate(group.filters)
+            )
+            return filters.AllOf(children) if kind == "all_of" else filters.AnyOf(children)
+        if kind == "negate":
+            return filters.Not(self.convert(message.negate, f"{field}.negate", depth + 1))
+        raise InvalidArgument(f"{field} is empty; set one of field, all_of, any_of or negate", field=field)
+
+    def _count_values(self, values: int) -> None:
+        self._values += values
+        if self._values > filters.MAX_VALUES:
+            raise InvalidArgument(filters.too_many_values(self._root), field=self._root)
+
+    def _count_condition(self) -> None:
+        self._conditions += 1
+        if self._conditions > MAX_CONDITIONS:
+            raise InvalidArgument(
+                f"{self._root} may hold at most {MAX_CONDITIONS} conditions, got more", field=self._root
+            )
 
 
 def _condition(condition: common_pb2.FieldCondition, field: str) -> Filter:
@@ -34,6 +79,12 @@ def _condition(condition: common_pb2.FieldCondition, field: str) -> Filter:
     if kind == "equals":
         return filters.FieldEquals(key, _scalar(condition.equals, f"{field}.equals"))
     if kind == "in_values":
+        count = len(condition.in_values.values)
+        if count > MAX_IN_VALUES:
+            raise InvalidArgument(
+                f"{field}.in_values must hold 1..{MAX_IN_VALUES} values, got {count}",
+                field=f"{field}.in_values",
+            )
         values = tuple(
             _scalar(v, f"{field}.in_values.values[{i}]") for i, v in enumerate(condition.in_values.values)
         )

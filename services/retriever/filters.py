@@ -101,6 +101,10 @@ KEY_RULE = "letters, digits, '_', '-' and '.', 1..64 characters"
 MAX_IN_VALUES = 100
 MAX_DEPTH = 8
 MAX_CONDITIONS = 64
+# Values a whole filter compares metadata with: one per condition, an `in` one per
+# value. Each is a jsonb test on every candidate row of every leg, so this bounds
+# what a filter adds to a search (64 x 100 values made one search take seconds).
+MAX_VALUES = 256
 
 # Only ISO-8601 shapes reach the timestamptz cast. PostgreSQL also accepts words
 # such as 'now', 'today' or 'epoch', whose meaning would drift with the clock;
@@ -122,6 +126,27 @@ def validate_filter(filter: Filter, *, field: str = "filter") -> None:
         raise InvalidArgument(
             f"{field} may hold at most {MAX_CONDITIONS} conditions, got {conditions}", field=field
         )
+    values = _values(filter)
+    if values > MAX_VALUES:
+        raise InvalidArgument(too_many_values(field, values), field=field)
+
+
+def too_many_values(field: str, values: int | None = None) -> str:
+    got = "more" if values is None else values
+    return f"{field} may compare with at most {MAX_VALUES} values in all (an `in` counts each), got {got}"
+
+
+def condition_values(leaf: Filter) -> int:
+    """How many values a leaf condition compares with."""
+    return len(leaf.values) if isinstance(leaf, FieldIn) else 1
+
+
+def _values(filter: Filter) -> int:
+    if isinstance(filter, AllOf | AnyOf):
+        return sum(_values(child) for child in filter.filters)
+    if isinstance(filter, Not):
+        return _values(filter.filter)
+    return condition_values(filter)
 
 
 def compile_filter(

@@ -11,11 +11,13 @@ import pytest
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from rag_cli.stack import Stack
+from services.common.registry import RETRIEVER
+from tests.internal_calls import signed_channel
 
 
 @pytest.fixture(scope="module")
 def retriever(stack: Stack) -> Iterator[retriever_pb2_grpc.RetrieverServiceStub]:
-    with grpc.insecure_channel(stack.target("retriever")) as channel:
+    with signed_channel(stack, RETRIEVER) as channel:
         yield retriever_pb2_grpc.RetrieverServiceStub(channel)
 
 
@@ -90,11 +92,6 @@ def _ingest(namespace: str, *documents: gateway_pb2.Document) -> gateway_pb2.Ing
             gateway_pb2.Document(id="latin1", utf8_content="Grüße aus Köln".encode("latin-1")),
             "is not valid UTF-8 (byte 2)",
             id="invalid utf-8 bytes",
-        ),
-        pytest.param(
-            gateway_pb2.Document(id="huge", text="All work and no play. " * (50 * 1024 * 1024 // 22)),
-            "documents of at most 10485760 bytes are accepted",
-            id="50 MB document",
         ),
     ],
 )

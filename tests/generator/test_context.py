@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rag.common.v1 import common_pb2
 from rag.generator.v1 import generator_pb2, generator_pb2_grpc
 from services.common.errors_interceptor import ErrorInterceptor
+from services.common.limits import MAX_HISTORY_TURN_CHARS, MAX_HISTORY_TURNS
 from services.generator.backends.extractive import ExtractiveBackend
 from services.generator.context import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -378,15 +379,23 @@ async def test_an_answer_reserve_beyond_the_window_is_invalid_argument(
     request.CopyFrom(REQUEST)
     request.options.max_tokens = 2000
 
+    raised, streamed = await _refusals(generator, request)
+
+    assert raised.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context window of 1024 tokens" in (raised.details() or "")
+    assert streamed.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _refusals(
+    generator: generator_pb2_grpc.GeneratorServiceAsyncStub, request: generator_pb2.GenerateRequest
+) -> tuple[grpc.aio.AioRpcError, grpc.aio.AioRpcError]:
+    """How Generate and GenerateStream refuse `request`."""
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await generator.Generate(request)
     with pytest.raises(grpc.aio.AioRpcError) as streamed:
         async for _ in generator.GenerateStream(generator_pb2.GenerateStreamRequest(request=request)):
             pass
-
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "context window of 1024 tokens" in (raised.value.details() or "")
-    assert streamed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return raised.value, streamed.value
 
 
 async def test_old_history_turns_are_dropped_not_refused(
@@ -406,3 +415,50 @@ async def test_old_history_turns_are_dropped_not_refused(
     dropped = dict(span.attributes or {})["rag.generator.history_turns_dropped"]
     assert isinstance(dropped, int)
     assert dropped > 10
+
+
+def _with_history(*contents: str) -> generator_pb2.GenerateRequest:
+    request = generator_pb2.GenerateRequest()
+    request.CopyFrom(REQUEST)
+    roles = [common_pb2.CHAT_ROLE_USER, common_pb2.CHAT_ROLE_ASSISTANT]
+    request.history.extend(
+        common_pb2.ChatTurn(role=roles[i % 2], content=content) for i, content in enumerate(contents)
+    )
+    return request
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        pytest.param(["hi"] * (MAX_HISTORY_TURNS + 1), "history (count) must be 0..50, got 51", id="turns"),
+        pytest.param(
+            ["hi", "x" * (MAX_HISTORY_TURN_CHARS + 1)],
+            "history[1].content must be at most 8000 characters, got 8001",
+            id="one turn",
+        ),
+        pytest.param(
+            ["x" * MAX_HISTORY_TURN_CHARS] * 4 + ["x"],
+            "history must hold at most 32000 characters in all, got 32001",
+            id="characters in all",
+        ),
+    ],
+)
+async def test_history_beyond_its_limits_is_refused(
+    generator: generator_pb2_grpc.GeneratorServiceAsyncStub, history: list[str], message: str
+) -> None:
+    raised, streamed = await _refusals(generator, _with_history(*history))
+
+    assert raised.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.details() == message
+    assert streamed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert streamed.details() == f"request.{message}"
+
+
+async def test_history_at_its_limits_is_accepted(
+    generator: generator_pb2_grpc.GeneratorServiceAsyncStub,
+) -> None:
+    at_the_limits = ["x" * MAX_HISTORY_TURN_CHARS] * 4 + [""] * (MAX_HISTORY_TURNS - 4)
+
+    response = await generator.Generate(_with_history(*at_the_limits))
+
+    assert response.outcome == generator_pb2.ANSWER_OUTCOME_ANSWERED

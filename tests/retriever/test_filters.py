@@ -10,9 +10,14 @@ import asyncpg
 import numpy as np
 import pytest
 
+from rag.common.v1 import common_pb2
 from services.common.errors import InvalidArgument
+from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import (
     MAX_CONDITIONS,
+    MAX_DEPTH,
+    MAX_IN_VALUES,
+    MAX_VALUES,
     AllOf,
     AnyOf,
     FieldEquals,
@@ -189,6 +194,82 @@ def test_filters_at_the_limits_are_accepted() -> None:
     compile_filter(FieldIn("k", tuple(range(100))), [])
 
 
+# Filters as they arrive: converted from the proto, counted and measured on the way
+
+
+def _exists(key: str) -> common_pb2.MetadataFilter:
+    return common_pb2.MetadataFilter(field=common_pb2.FieldCondition(key=key, exists=True))
+
+
+def _negated(leaf: common_pb2.MetadataFilter, times: int) -> common_pb2.MetadataFilter:
+    """`leaf` under `times` negations, built from the outside in (a copy would recurse)."""
+    root = common_pb2.MetadataFilter()
+    innermost = root
+    for _ in range(times):
+        innermost = innermost.negate
+    innermost.CopyFrom(leaf)
+    return root
+
+
+def test_a_filter_of_100000_conditions_is_refused_at_the_first_condition_too_many() -> None:
+    # Past the limit the conditions are empty, which would be refused as such if they were converted.
+    conditions = [_exists(f"k{i}") for i in range(MAX_CONDITIONS + 1)]
+    conditions += [common_pb2.MetadataFilter()] * (100_000 - len(conditions))
+    message = common_pb2.MetadataFilter(any_of=common_pb2.FilterList(filters=conditions))
+
+    with pytest.raises(InvalidArgument, match=r"^filter may hold at most 64 conditions, got more$"):
+        filter_from_proto(message)
+
+
+def test_a_filter_10000_levels_deep_is_refused_at_the_first_level_too_deep() -> None:
+    # The innermost filter is empty, which would be refused as such if it were reached.
+    message = _negated(common_pb2.MetadataFilter(), 10_000)
+
+    with pytest.raises(InvalidArgument, match=r"^filters may be nested at most 8 levels deep$") as raised:
+        filter_from_proto(message)
+    assert raised.value.field == "filter" + ".negate" * MAX_DEPTH
+
+
+def test_an_in_condition_with_a_million_values_is_refused_before_they_are_converted() -> None:
+    # The values are empty, which would be refused as such if they were converted.
+    values = [common_pb2.ScalarValue()] * 1_000_000
+    message = common_pb2.MetadataFilter(
+        field=common_pb2.FieldCondition(key="k", in_values=common_pb2.ScalarList(values=values))
+    )
+
+    with pytest.raises(
+        InvalidArgument, match=r"^filter\.field\.in_values must hold 1\.\.100 values, got 1000000$"
+    ):
+        filter_from_proto(message)
+
+
+def test_an_empty_group_is_refused_before_the_filters_after_it_are_converted() -> None:
+    # The second filter is empty too, and would be refused as such if it were reached.
+    empty_group = common_pb2.MetadataFilter(all_of=common_pb2.FilterList())
+    message = common_pb2.MetadataFilter(
+        any_of=common_pb2.FilterList(filters=[empty_group, common_pb2.MetadataFilter()])
+    )
+
+    with pytest.raises(
+        InvalidArgument, match=r"^filter\.any_of\.filters\[0\]\.all_of must hold at least one filter$"
+    ):
+        filter_from_proto(message)
+
+
+def test_converted_filters_at_the_limits_are_accepted() -> None:
+    deepest = filter_from_proto(_negated(_exists("k"), MAX_DEPTH - 1))
+    widest = filter_from_proto(
+        common_pb2.MetadataFilter(
+            all_of=common_pb2.FilterList(filters=[_exists(f"k{i}") for i in range(MAX_CONDITIONS)])
+        )
+    )
+
+    assert deepest == nested_not(FieldExists("k"), MAX_DEPTH - 1)
+    assert widest == AllOf(tuple(FieldExists(f"k{i}") for i in range(MAX_CONDITIONS)))
+    compile_filter(deepest, [])
+    compile_filter(widest, [])
+
+
 # What matches, in PostgreSQL
 
 NAMESPACE = "filter-semantics"
@@ -296,3 +377,33 @@ async def test_hostile_values_in_a_delete_are_plain_data(
 
     assert await db.fetchval("SELECT to_regclass('rag_chunks') IS NOT NULL")
     assert await store.content_hashes(namespace, ["evil", "plain"]) == {"plain": "h"}
+
+
+def _in(key: str, count: int) -> common_pb2.MetadataFilter:
+    values = [common_pb2.ScalarValue(number_value=i) for i in range(count)]
+    return common_pb2.MetadataFilter(
+        field=common_pb2.FieldCondition(key=key, in_values=common_pb2.ScalarList(values=values))
+    )
+
+
+def test_a_filter_comparing_with_more_values_than_allowed_in_all_is_refused_both_ways() -> None:
+    # Three full `in` lists: each within its own limit, together past MAX_VALUES.
+    full = -(-(MAX_VALUES + 1) // MAX_IN_VALUES)
+    message = common_pb2.MetadataFilter(
+        any_of=common_pb2.FilterList(filters=[_in(f"k{i}", MAX_IN_VALUES) for i in range(full)])
+    )
+    refused = rf"^filter may compare with at most {MAX_VALUES} values in all"
+
+    with pytest.raises(InvalidArgument, match=refused + r".*got more$"):
+        filter_from_proto(message)
+    built = AnyOf(tuple(FieldIn(f"k{i}", tuple(range(MAX_IN_VALUES))) for i in range(full)))
+    with pytest.raises(InvalidArgument, match=refused + rf".*got {full * MAX_IN_VALUES}$"):
+        compile_filter(built, [])
+
+
+def test_a_filter_comparing_with_exactly_the_values_allowed_is_accepted() -> None:
+    lists, rest = divmod(MAX_VALUES, MAX_IN_VALUES)
+    filters = [_in(f"k{i}", MAX_IN_VALUES) for i in range(lists)] + [_in("last", rest)]
+    converted = filter_from_proto(common_pb2.MetadataFilter(any_of=common_pb2.FilterList(filters=filters)))
+
+    compile_filter(converted, [])
