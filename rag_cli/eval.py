@@ -26,9 +26,10 @@ from tqdm import tqdm
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
-from rag_cli import beir, keys, metrics
+from rag_cli import beir, metrics
 from rag_cli.client import gateway_channel
 from rag_cli.render import upsert_status
+from rag_cli.terminal import echo
 from services.common.limits import MAX_TOP_K
 
 MODES = {
@@ -132,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if not queries:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
-    with gateway_channel(args.gateway, args.settings.tls) as channel:
-        gateway = gateway_pb2_grpc.GatewayServiceStub(keys.with_api_key(channel, args.api_key))
+    with gateway_channel(args.gateway, args.settings.tls, args.api_key) as channel:
+        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size, args.timeout)
         results = [
             _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k, args.timeout)
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         "ingest": ingested.to_json(),
         "modes": {result.mode: result.to_json() for result in results},
     }
-    print(json.dumps(report, indent=2) if args.as_json else render(report))
+    echo(json.dumps(report, indent=2) if args.as_json else render(report))
     return 2 if any(result.error for result in results) else 0
 
 

@@ -1,20 +1,19 @@
-"""`rag keys`: create, list and revoke the gateway's API keys; and sending a key on every call.
+"""`rag keys`: create, list and revoke the gateway's API keys (sending one: rag_cli/client.py).
 
-The commands edit the keys file (GATEWAY_API_KEYS_FILE) directly; a running
-gateway picks the change up on its next call. In Kubernetes, put the file into
-the Secret the gateway mounts.
+The commands edit the keys file (GATEWAY_API_KEYS_FILE) through gateway/keys.py,
+whose create_key and revoke_key hold its lock, so two edits at once both land; a
+running gateway picks the change up on its next call. In Kubernetes, put the
+file into the Secret the gateway mounts.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from gateway import keys
+from rag_cli.terminal import echo
 
 
 def register(commands: Any, default_file: Path | None) -> None:
@@ -51,39 +50,18 @@ def register(commands: Any, default_file: Path | None) -> None:
 
 def create(args: argparse.Namespace) -> int:
     key = keys.create_key(args.file, tuple(args.key_namespaces), args.key_id)
-    print(key)
+    echo(key)
     return 0
 
 
 def list_keys(args: argparse.Namespace) -> int:
     for entry in keys.read_keys(args.file).values():
         state = "revoked" if entry.revoked else "active"
-        print(f"{entry.id}\t{','.join(entry.namespaces)}\t{entry.created_at}\t{state}")
+        echo(f"{entry.id}\t{','.join(entry.namespaces)}\t{entry.created_at}\t{state}")
     return 0
 
 
 def revoke(args: argparse.Namespace) -> int:
     keys.revoke_key(args.file, args.key_id)
-    print(f"revoked {args.key_id}")
+    echo(f"revoked {args.key_id}")
     return 0
-
-
-class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds 'authorization: Bearer <key>' to every call."""
-
-    def __init__(self, key: str) -> None:
-        self._metadata = ("authorization", f"Bearer {key}")
-
-    def _with_key(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
-
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
-
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
-
-
-def with_api_key(channel: grpc.Channel, key: str | None) -> grpc.Channel:
-    """The channel, sending the key on every call when one is given."""
-    return grpc.intercept_channel(channel, _ApiKey(key)) if key else channel

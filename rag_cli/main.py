@@ -19,6 +19,7 @@ from rag_cli import eval as evaluation
 from rag_cli.client import gateway_channel
 from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack
+from rag_cli.terminal import echo
 from services.common.registry import DEFAULT_PORTS, GATEWAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ MODES = {
 
 
 def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
-    channel = keys.with_api_key(gateway_channel(args.gateway, args.settings.tls), args.api_key)
+    channel = gateway_channel(args.gateway, args.settings.tls, args.api_key)
     return gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
@@ -41,15 +42,17 @@ def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
 
 
 def ingest(args: argparse.Namespace) -> int:
-    files = documents.find_files(Path(p) for p in args.paths)
-    if not files:
-        print("no .txt, .md, .pdf or .html files found", file=sys.stderr)
+    found = documents.find_files(Path(p) for p in args.paths)
+    for link, folder in found.outside_links:
+        echo(f"skipping {link}: a symbolic link that leads out of {folder}", error=True)
+    if not (files := found.files):
+        echo("no .txt, .md, .pdf or .html files found", error=True)
         return 1
     gateway = _gateway(args)
     counts: dict[str, int] = {}
     failed: list[gateway_pb2.DocumentResult] = []
     with tqdm(total=len(files), unit="doc", desc="ingesting") as progress:
-        for batch in documents.batches(files, args.batch_size):
+        for batch in documents.batches(files, args.batch_size, args.batch_bytes):
             request = gateway_pb2.IngestDocumentsRequest(
                 namespace=args.namespace, documents=[documents.to_document(f, root) for f, root in batch]
             )
@@ -61,9 +64,9 @@ def ingest(args: argparse.Namespace) -> int:
                     failed.append(result)
             progress.update(len(batch))
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    print(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
+    echo(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
     for result in failed:
-        print(f"  failed: {result.document_id}: {result.error}", file=sys.stderr)
+        echo(f"  failed: {result.document_id}: {result.error}", error=True)
     return 1 if failed else 0
 
 
@@ -72,15 +75,15 @@ def ask(args: argparse.Namespace) -> int:
         namespace=args.namespace, question=args.question, retrieval=_retrieval(args), skip_cache=args.no_cache
     )
     if not getattr(args, "stream", False):
-        print(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
+        echo(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
         return 0
     stream = _gateway(args).AskStream(gateway_pb2.AskStreamRequest(request=request), timeout=args.timeout)
     for event in stream:
         kind = event.WhichOneof("event")
         if kind == "delta":
-            print(event.delta.text, end="", flush=True)
+            echo(event.delta.text, end="", flush=True)
         elif kind == "final":
-            print("\n\n" + render.answer_details(event.final))
+            echo("\n\n" + render.answer_details(event.final))
     return 0
 
 
@@ -88,7 +91,7 @@ def search(args: argparse.Namespace) -> int:
     request = gateway_pb2.SearchRequest(
         namespace=args.namespace, query=args.query, retrieval=_retrieval(args)
     )
-    print(render.search(_gateway(args).Search(request, timeout=args.timeout)))
+    echo(render.search(_gateway(args).Search(request, timeout=args.timeout)))
     return 0
 
 
@@ -103,18 +106,18 @@ def list_documents(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
         for document in page.documents:
-            print(render.document_line(document))
+            echo(render.document_line(document))
         listed += len(page.documents)
         if not (page_token := page.next_page_token):
             break
-    print(f"{listed} {'failed ' if args.failed else ''}documents in {args.namespace!r}")
+    echo(f"{listed} {'failed ' if args.failed else ''}documents in {args.namespace!r}")
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
     request = gateway_pb2.DeleteDocumentsRequest(namespace=args.namespace, document_ids=args.ids)
     response = _gateway(args).DeleteDocuments(request, timeout=args.timeout)
-    print(f"deleted {response.deleted_documents} documents ({response.deleted_chunks} chunks)")
+    echo(f"deleted {response.deleted_documents} documents ({response.deleted_chunks} chunks)")
     return 0
 
 
@@ -145,7 +148,7 @@ def up(args: argparse.Namespace) -> int:
         metrics_ports=metrics_ports,
     )
     where = "DATABASE_URL" if stack.database_url else f"embedded PostgreSQL in {stack.data_dir / 'pgdata'}"
-    print(f"starting embedder, retriever, generator and gateway ({where}); logs in {stack.data_dir / 'logs'}")
+    echo(f"starting embedder, retriever, generator and gateway ({where}); logs in {stack.data_dir / 'logs'}")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     # Ctrl-C raises KeyboardInterrupt even when started from a shell that
@@ -154,20 +157,23 @@ def up(args: argparse.Namespace) -> int:
     with stack:
         # Ctrl-C at any point from here on, the demo included, goes straight to stopping.
         with contextlib.suppress(KeyboardInterrupt):
-            print(f"gateway serving on {stack.gateway_target}")
+            echo(f"gateway serving on {stack.gateway_target}")
             for name in metrics_ports:
-                print(f"{name} metrics on {stack.metrics_url(name)}")
+                echo(f"{name} metrics on {stack.metrics_url(name)}")
             args.gateway = stack.gateway_target
             if args.samples:
                 ingest(_command(args, "ingest", args.samples))
-                print(f"\nQ: {DEMO_QUESTION}\n")
+                echo(f"\nQ: {DEMO_QUESTION}\n")
                 ask(_command(args, "ask", DEMO_QUESTION))
-            print("\nserving; press Ctrl-C to stop")
-            stopped.wait()
+            echo("\nserving; press Ctrl-C to stop")
+            # In slices: the kernel may deliver Ctrl-C to another thread, and a wait
+            # without a timeout would not wake to let the main thread's handler run.
+            while not stopped.wait(0.5):
+                pass
         # A second Ctrl-C must not cut the services' graceful stop short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("\nstopping")
-    print("stopped")
+        echo("\nstopping")
+    echo("stopped")
     return 0
 
 
@@ -211,6 +217,13 @@ def _parser(settings: CliSettings) -> argparse.ArgumentParser:
     command = commands.add_parser("ingest", help="ingest .txt/.md/.pdf/.html files or folders")
     command.add_argument("paths", nargs="+")
     command.add_argument("--batch-size", type=int, default=16, help="documents per request")
+    # Below the gateway's default message limit (GATEWAY_MAX_MESSAGE_BYTES, 4 MiB), with room for the rest.
+    command.add_argument(
+        "--batch-bytes",
+        type=int,
+        default=3 * 1024 * 1024,
+        help="file bytes per request at most (one larger file goes alone)",
+    )
     command.set_defaults(run=ingest)
 
     for name, run, help_text in (("ask", ask, "answer a question"), ("search", search, "retrieval only")):
@@ -241,10 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        echo(f"error: {error.code().name}: {error.details()}", error=True)
         return 2
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        echo(f"error: {error}", error=True)
         return 2
     return code
 

@@ -2,7 +2,8 @@
 
 RAG_GATEWAY, RAG_NAMESPACE and RAG_API_KEY are the defaults of the global
 options. The connection to the gateway is plaintext unless RAG_TLS_CA_FILE names
-the CA the gateway's certificate chains to; RAG_TLS_CERT_FILE and
+the CA the gateway's certificate chains to (an API key is sent in plaintext only
+to a target on this machine, rag_cli/client.py); RAG_TLS_CERT_FILE and
 RAG_TLS_KEY_FILE add a client certificate (mTLS), and RAG_TLS_SERVER_NAME checks
 the certificate against that name instead of the target's host.
 
@@ -24,6 +25,8 @@ from services.common.tls import ClientTls
 
 PREFIX = "RAG_"
 TLS_PREFIX = f"{PREFIX}TLS_"
+# The variable that turns TLS on (CliSettings.tls_ca_file), for messages that tell what to set.
+TLS_CA_FILE_VARIABLE = f"{TLS_PREFIX}CA_FILE"
 
 
 class CliSettings(BaseSettings):

@@ -1,0 +1,87 @@
+"""The CLI sends an API key in plaintext only to a target on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rag_cli.client import PlaintextKeyRefused, gateway_channel
+from rag_cli.main import main
+from rag_cli.settings import TLS_CA_FILE_VARIABLE
+from rag_cli.targets import is_loopback_target
+from services.common.tls import ClientTls
+from tests.e2e.test_tls import make_pki
+
+KEY = "rag_team-a_not-a-real-secret"
+LOOPBACK_TARGETS = [
+    "127.0.0.1:50050",
+    "127.8.9.10:50050",
+    "localhost:50050",
+    "LOCALHOST",
+    "[::1]:50050",
+    "::1",
+    "[::ffff:127.0.0.1]:50050",
+    "dns:///localhost:50050",
+    "dns:localhost:50050",
+    "ipv4:127.0.0.1:50050,127.0.0.2:50051",
+    "ipv6:[::1]:50050",
+    "unix:/run/rag/gateway.sock",
+    "unix:///run/rag/gateway.sock",
+    "unix-abstract:rag-gateway",
+]
+REMOTE_TARGETS = [
+    "10.0.0.5:50050",
+    "192.168.1.20",
+    "rag.example.com:50050",
+    "localhost.example.com:50050",
+    "[2001:db8::1]:50050",
+    "0.0.0.0:50050",
+    "dns:///rag.example.com:50050",
+    # A DNS server of the caller's choice could answer "localhost" with anything.
+    "dns://8.8.8.8/localhost:50050",
+    "ipv4:127.0.0.1:50050,10.0.0.5:50050",
+    "ipv6:[::1]:50050,[2001:db8::1]:50050",
+    "xds:///rag-gateway",
+]
+
+
+@pytest.mark.parametrize("target", LOOPBACK_TARGETS)
+def test_loopback_targets(target: str) -> None:
+    assert is_loopback_target(target)
+
+
+@pytest.mark.parametrize("target", REMOTE_TARGETS)
+def test_remote_targets(target: str) -> None:
+    assert not is_loopback_target(target)
+
+
+@pytest.mark.parametrize("target", REMOTE_TARGETS)
+def test_a_key_is_not_sent_in_plaintext_to_another_machine(target: str) -> None:
+    with pytest.raises(PlaintextKeyRefused, match=TLS_CA_FILE_VARIABLE):
+        gateway_channel(target, None, KEY)
+
+
+def test_a_key_goes_in_plaintext_to_loopback_and_over_tls_anywhere(tmp_path: Path) -> None:
+    tls = ClientTls(make_pki(tmp_path).ca)
+
+    with gateway_channel("localhost:50050", None, KEY) as plaintext_local:
+        assert plaintext_local is not None
+    with gateway_channel("rag.example.com:50050", tls, KEY) as tls_remote:
+        assert tls_remote is not None
+    with gateway_channel("rag.example.com:50050", None) as plaintext_remote_without_key:
+        assert plaintext_remote_without_key is not None
+
+
+def test_the_command_names_what_to_set_and_never_shows_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(TLS_CA_FILE_VARIABLE, raising=False)
+
+    code = main(["--gateway", "rag.example.com:50050", "--api-key", KEY, "search", "anything"])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("error: refusing to send the API key in plaintext to rag.example.com:50050")
+    assert f"set {TLS_CA_FILE_VARIABLE}" in error
+    assert KEY not in error
