@@ -1,7 +1,8 @@
 """Render the kustomize tree under k8s/ and validate every object against the Kubernetes schemas.
 
 Renders each overlay in k8s/overlays/ on its own, with each component in
-k8s/components/, and with all components at once; then checks every object
+k8s/components/ it does not include itself, and with all of those at once
+(a component added twice would define its objects twice); then checks every object
 against the Kubernetes OpenAPI schemas bundled in the kubernetes-validate
 package (strict: unknown fields are errors), for the oldest and the newest
 Kubernetes version this project supports. Exits 0 when all is valid, 1 on any
@@ -90,18 +91,26 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def included_components(kustomization_dir: Path) -> set[Path]:
+    """The components a kustomization lists itself, as resolved paths."""
+    kustomization = yaml.safe_load((kustomization_dir / "kustomization.yaml").read_text()) or {}
+    return {(kustomization_dir / c).resolve() for c in kustomization.get("components", [])}
+
+
 def discover_renders(k8s_dir: Path = K8S_DIR) -> list[Render]:
-    """Every overlay alone, with each component, and with all components (in name order)."""
+    """Every overlay alone, with each component it lacks, and with all of those (in name order)."""
     overlays = sorted(p.parent for p in (k8s_dir / "overlays").glob("*/kustomization.yaml"))
     components = tuple(sorted(p.parent for p in (k8s_dir / "components").glob("*/kustomization.yaml")))
     if not overlays:
         raise RenderError(f"no overlays found under {k8s_dir / 'overlays'}")
     renders: list[Render] = []
     for overlay in overlays:
+        included = included_components(overlay)
+        addable = tuple(c for c in components if c.resolve() not in included)
         renders.append(Render(overlay))
-        renders.extend(Render(overlay, (component,)) for component in components)
-        if len(components) > 1:
-            renders.append(Render(overlay, components))
+        renders.extend(Render(overlay, (component,)) for component in addable)
+        if len(addable) > 1:
+            renders.append(Render(overlay, addable))
     return renders
 
 

@@ -98,9 +98,22 @@ def container_env(
     return env
 
 
+def workload_env(render: Rendered, workload: Manifest) -> dict[str, str]:
+    """The environment of a workload's only container."""
+    return container_env(render, only_container(workload), pod_spec(workload)["containers"])
+
+
 def service_env(render: Rendered, service: ServiceSpec) -> dict[str, str]:
-    deployment = render.one("Deployment", service.name)
-    return container_env(render, only_container(deployment), pod_spec(deployment)["containers"])
+    return workload_env(render, render.one("Deployment", service.name))
+
+
+def secret_key_ref(container: Manifest, variable: str) -> tuple[str, str] | None:
+    """(Secret, key) a variable of the container is read from; None when it is not from a Secret."""
+    for item in container.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if item["name"] == variable and ref is not None:
+            return ref["name"], ref["key"]
+    return None
 
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:

@@ -61,7 +61,8 @@ class Rendered:
         return obj
 
     def workloads(self) -> list[Manifest]:
-        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
+        """Everything that runs pods: the services, PostgreSQL, the collector, the database-setup Job."""
+        return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
 RENDERS = vk.discover_renders()

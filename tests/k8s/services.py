@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from services.common.metrics import DEFAULT_PROMETHEUS_PORT
 # sends traces to the collector's OTLP/gRPC port.
 METRICS_PORT = DEFAULT_PROMETHEUS_PORT
 OTLP_GRPC_PORT = 4317
+POSTGRES_PORT = 5432
+# The Job that creates the retriever's database role (k8s/base/database-setup.yaml).
+DATABASE_SETUP = "database-setup"
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,16 @@ def env_names_of(settings: Any, prefix: str) -> set[str]:
         else:
             names.add(f"{prefix}{field_name}".upper())
     return names
+
+
+def load_settings(service: ServiceSpec, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The service's Settings read from `env` alone; raises on a missing or invalid value, as the
+    service would at start-up."""
+    settings = settings_class(service)
+    known = env_names_of(settings, service.env_prefix)
+    for name in list(os.environ):
+        if name.startswith(service.env_prefix) or name in known:
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return settings()

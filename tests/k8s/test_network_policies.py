@@ -1,6 +1,9 @@
-"""With the network-policies component, exactly the paths the system uses are open."""
+"""With the network-policies component, which the prod overlay includes, exactly the paths the
+system uses are open."""
 
 from __future__ import annotations
+
+import yaml
 
 from tests.k8s.objects import (
     labels_match,
@@ -8,8 +11,8 @@ from tests.k8s.objects import (
     port_allowed,
     selects_by_expression,
 )
-from tests.k8s.rendering import Manifest, Rendered
-from tests.k8s.services import OTLP_GRPC_PORT, SERVICES, UPSTREAMS
+from tests.k8s.rendering import REPO, Manifest, Rendered
+from tests.k8s.services import DATABASE_SETUP, OTLP_GRPC_PORT, POSTGRES_PORT, SERVICES, UPSTREAMS
 
 
 def _peer_allowed(peers: list[Manifest] | None, labels: dict[str, str] | None) -> bool:
@@ -66,20 +69,26 @@ def test_network_policies_allow_exactly_the_paths_the_system_uses(render: Render
     for upstream in UPSTREAMS:
         port = SERVICES[upstream].port
         assert allowed(render, gateway, labels[upstream], port), f"gateway -> {upstream}"
-        for other in SERVICES:
-            if other != "gateway":
-                assert not allowed(render, labels[other], labels[upstream], port), f"{other} -> {upstream}"
+        for other in labels.keys() - {"gateway"}:
+            assert not allowed(render, labels[other], labels[upstream], port), f"{other} -> {upstream}"
     for service in SERVICES:
         assert allowed(render, labels[service], labels["otel-collector"], OTLP_GRPC_PORT), (
             f"{service} -> OTLP"
         )
-        assert allowed(render, labels[service], None, 53, "UDP"), f"{service} -> DNS"
+    for workload in labels:
+        assert allowed(render, labels[workload], None, 53, "UDP"), f"{workload} -> DNS"
+    # The retriever, and the Job that creates its role, reach the database; nothing else does.
+    database_clients = {"retriever", DATABASE_SETUP}
     if "postgres" in labels:
-        assert allowed(render, labels["retriever"], labels["postgres"], 5432)
-        for other in ("gateway", "embedder", "generator"):
-            assert not allowed(render, labels[other], labels["postgres"], 5432), f"{other} -> postgres"
+        for client in database_clients:
+            assert allowed(render, labels[client], labels["postgres"], POSTGRES_PORT), f"{client} -> postgres"
+        for other in labels.keys() - database_clients - {"postgres"}:
+            assert not allowed(render, labels[other], labels["postgres"], POSTGRES_PORT), (
+                f"{other} -> postgres"
+            )
     else:
-        assert allowed(render, labels["retriever"], None, 5432), "retriever -> external PostgreSQL"
+        for client in database_clients:
+            assert allowed(render, labels[client], None, POSTGRES_PORT), f"{client} -> external PostgreSQL"
     # Every peer selector names pods that exist (a typo would silently block traffic).
     for policy in render.all("NetworkPolicy"):
         for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
@@ -87,3 +96,17 @@ def test_network_policies_allow_exactly_the_paths_the_system_uses(render: Render
                 if "podSelector" in peer:
                     selector = peer["podSelector"].get("matchLabels", {})
                     assert pods_selected(render, selector), f"{policy['metadata']['name']}: {selector}"
+
+
+def test_prod_applies_the_network_policies(render: Rendered) -> None:
+    if not render.name.startswith("overlays/prod"):
+        return
+    component = REPO / "k8s" / "components" / "network-policies" / "network-policies.yaml"
+    expected = {policy["metadata"]["name"] for policy in yaml.safe_load_all(component.read_text())}
+    assert expected <= {policy["metadata"]["name"] for policy in render.all("NetworkPolicy")}, render.name
+    # Anything not allowed is refused, in both directions, for every pod.
+    deny = render.one("NetworkPolicy", "default-deny")["spec"]
+    assert deny["podSelector"] == {}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert not deny.get("ingress")
+    assert not deny.get("egress")

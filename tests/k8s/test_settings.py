@@ -3,13 +3,11 @@ Settings accept, and each Settings class listens where the service registry says
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.k8s.objects import service_env
 from tests.k8s.rendering import Rendered
-from tests.k8s.services import ServiceSpec, env_names_of, for_each_service, settings_class
+from tests.k8s.services import ServiceSpec, env_names_of, for_each_service, load_settings, settings_class
 
 
 @for_each_service
@@ -22,12 +20,7 @@ def test_settings_accept_the_rendered_environment(
     unknown = sorted(k for k in env if k.startswith(service.env_prefix) and k not in known)
     # The settings ignore unknown variables, so a misspelt one would silently do nothing.
     assert not unknown, f"{render.name}: {service.name}: no such settings: {unknown}"
-    for name in list(os.environ):
-        if name.startswith(service.env_prefix) or name in known:
-            monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    settings()  # raises on a missing or invalid value, as the service would at start-up
+    load_settings(service, env, monkeypatch)
 
 
 @for_each_service

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.registry import upstream_target_variable
+from tests.k8s.credentials import OUT_OF_BAND_SECRETS
 from tests.k8s.objects import (
     container_ports,
     parse_target,
@@ -11,11 +12,8 @@ from tests.k8s.objects import (
     secret_values,
     service_env,
 )
-from tests.k8s.rendering import Rendered
+from tests.k8s.rendering import Manifest, Rendered
 from tests.k8s.services import SERVICES, UPSTREAMS
-
-# Created out of band in prod (and with external-postgres): README "Deploying on Kubernetes".
-EXTERNAL_SECRETS = {"rag-database", "rag-llm"}
 
 
 def test_gateway_targets_are_dns_targets_of_headless_services(render: Rendered) -> None:
@@ -56,40 +54,43 @@ def test_statefulset_has_its_headless_service_and_volume(render: Rendered) -> No
         assert statefulset["spec"]["volumeClaimTemplates"], "PostgreSQL's data needs a PVC"
 
 
+def _references(pod: Manifest) -> list[tuple[str, str, str | None]]:
+    """(kind, name, key or None for the whole object) of every ConfigMap and Secret the pod reads."""
+    refs: list[tuple[str, str, str | None]] = []
+    for container in pod["containers"]:
+        for source in container.get("envFrom", []):
+            for kind, field in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if field in source:
+                    refs.append((kind, source[field]["name"], None))
+        for item in container.get("env", []):
+            source = item.get("valueFrom", {})
+            for kind, field in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                if field in source:
+                    refs.append((kind, source[field]["name"], source[field]["key"]))
+    for volume in pod.get("volumes", []):
+        for kind, field, name_field in (
+            ("ConfigMap", "configMap", "name"),
+            ("Secret", "secret", "secretName"),
+        ):
+            if field in volume:
+                name = volume[field][name_field]
+                keys = [item["key"] for item in volume[field].get("items", [])] or [None]
+                refs.extend((kind, name, key) for key in keys)
+    return refs
+
+
 def test_referenced_config_maps_and_secrets_exist(render: Rendered) -> None:
     for workload in render.workloads():
-        pod = pod_spec(workload)
         name = f"{render.name}: {workload['metadata']['name']}"
-        for container in pod["containers"]:
-            refs: list[tuple[str, str, str | None]] = []
-            for source in container.get("envFrom", []):
-                for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
-                    if key in source:
-                        refs.append((kind, source[key]["name"], None))
-            for item in container.get("env", []):
-                source = item.get("valueFrom", {})
-                for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
-                    if key in source:
-                        refs.append((kind, source[key]["name"], source[key]["key"]))
-            for kind, ref_name, ref_key in refs:
-                obj = render.get(kind, ref_name)
-                if obj is None:
-                    assert kind == "Secret", f"{name}: no {kind} {ref_name}"
-                    assert ref_name in EXTERNAL_SECRETS, f"{name}: no Secret {ref_name}"
-                    continue
-                values = (obj.get("data") or {}) if kind == "ConfigMap" else secret_values(obj)
-                assert ref_key is None or ref_key in values, f"{name}: {kind} {ref_name} lacks {ref_key}"
-        for volume in pod.get("volumes", []):
-            if "configMap" in volume:
-                assert render.get("ConfigMap", volume["configMap"]["name"]), f"{name}: volume {volume}"
-    if render.get("StatefulSet", "postgres") is not None and render.get("Secret", "rag-database"):
-        # The in-cluster database's credentials and the retriever's DSN are one Secret; they must agree.
-        values = secret_values(render.one("Secret", "rag-database"))
-        expected = (
-            f"postgresql://{values['POSTGRES_USER']}:{values['POSTGRES_PASSWORD']}"
-            f"@postgres.{render.namespace}.svc.cluster.local:5432/{values['POSTGRES_DB']}"
-        )
-        assert values["DATABASE_URL"] == expected
+        for kind, ref_name, ref_key in _references(pod_spec(workload)):
+            obj = render.get(kind, ref_name)
+            if obj is None:
+                assert kind == "Secret", f"{name}: no {kind} {ref_name}"
+                # Created out of band (README "Deploying on Kubernetes").
+                assert ref_name in OUT_OF_BAND_SECRETS, f"{name}: no Secret {ref_name}"
+                continue
+            values = (obj.get("data") or {}) if kind == "ConfigMap" else secret_values(obj)
+            assert ref_key is None or ref_key in values, f"{name}: {kind} {ref_name} lacks {ref_key}"
 
 
 def test_every_namespaced_object_is_in_the_namespace(render: Rendered) -> None:

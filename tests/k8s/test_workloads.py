@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from services.common.settings import MiB
 from tests.k8s.objects import (
     only_container,
     parse_quantity,
@@ -12,7 +15,12 @@ from tests.k8s.objects import (
     service_env,
 )
 from tests.k8s.rendering import Rendered
-from tests.k8s.services import METRICS_PORT, SERVICES, ServiceSpec, for_each_service
+from tests.k8s.services import METRICS_PORT, SERVICES, ServiceSpec, for_each_service, load_settings
+
+# The gateway's memory arithmetic (gateway/config.py): an admitted call holds about this many
+# copies of its request until it ends, beside the process itself at rest.
+GATEWAY_REQUEST_COPIES = 3
+GATEWAY_PROCESS_BYTES = 80 * MiB
 
 
 @for_each_service
@@ -29,6 +37,9 @@ def test_probes_ports_and_settings_agree(render: Rendered, service: ServiceSpec)
     assert env[f"{service.env_prefix}PORT"] == str(service.port), where
     # Listening on 127.0.0.1 (the settings' default) would refuse the kubelet and every peer.
     assert env[f"{service.env_prefix}HOST"] in ("0.0.0.0", "[::]"), where
+    # The kubelet's gRPC probe speaks plaintext only: on a TLS port every probe would fail. Inner
+    # calls are authenticated by the gateway's signed token, which health checks do not need.
+    assert f"{service.env_prefix}TLS_CERT_FILE" not in env, f"{where}: native grpc probes need plaintext"
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container.get(kind)
         if probe is None and kind == "startupProbe":
@@ -57,6 +68,18 @@ def test_termination_grace_outlasts_the_servers_grace(render: Rendered, service:
     assert total > sleep + grace, (
         f"{render.name}: {service.name}: terminationGracePeriodSeconds {total} "
         f"<= preStop {sleep}s + {service.env_prefix}GRACE_PERIOD_S {grace}s"
+    )
+
+
+def test_gateway_requests_fit_its_memory_limit(render: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call the gateway admits, at the largest message, fits the pod's memory limit."""
+    gateway = SERVICES["gateway"]
+    settings = load_settings(gateway, service_env(render, gateway), monkeypatch)
+    limit = only_container(render.one("Deployment", gateway.name))["resources"]["limits"]["memory"]
+    requests = settings.max_in_flight * settings.max_message_bytes * GATEWAY_REQUEST_COPIES
+    assert GATEWAY_PROCESS_BYTES + requests <= parse_quantity(limit), (
+        f"{render.name}: GATEWAY_MAX_IN_FLIGHT {settings.max_in_flight} x GATEWAY_MAX_MESSAGE_BYTES "
+        f"{settings.max_message_bytes} x {GATEWAY_REQUEST_COPIES} copies does not fit the limit {limit}"
     )
 
 
