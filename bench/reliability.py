@@ -1,9 +1,11 @@
-"""Reliability of the whole stack under load, service kills, a PostgreSQL restart and interrupted ingests.
+"""Reliability of the whole stack under load, service kills, a PostgreSQL restart, interrupted ingests,
+overload and requests at and over the gateway's caps.
 
-    python bench/reliability.py [--quick]
+    python bench/reliability.py [--quick] [--only PHASE ...]
 
 One Stack (embedded PostgreSQL in a temporary directory, the four services on
-free loopback ports, default settings) serves every phase:
+free loopback ports, default settings; the Stack gives them their inner-hop
+key and the retriever its database role) serves every phase:
 
 1. Load: CLIENTS concurrent clients (grpc.aio in this process, over CHANNELS
    channels configured as the CLI's: retry of UNAVAILABLE) mixing Ask, Search and
@@ -14,11 +16,13 @@ free loopback ports, default settings) serves every phase:
    outage, then Stack.start_service with the same environment and port.
    Statuses from the kill until the service is SERVING again, and the time from
    SERVING to the first successful call of each RPC started after it.
-   Criterion: only OK and UNAVAILABLE during the outage, every RPC succeeds
-   again within 5 s, no DEADLINE_EXCEEDED (a hung call).
-3. PostgreSQL restart during the load: pg_ctl stop (fast mode: connections are
-   terminated) through the pgserver handle, a second down, started again on the
-   same data directory; no service restarted. Statuses while it is down and
+   Criterion: only OK, UNAVAILABLE and RESOURCE_EXHAUSTED during the outage,
+   every RPC succeeds again within 5 s, no DEADLINE_EXCEEDED (a hung call).
+3. PostgreSQL restart during the load: a fast shutdown (SIGINT to the
+   postmaster: sessions are ended), a second down, then pg_ctl start on the
+   same data directory from a helper process; no service restarted. Neither
+   step forks this process, whose gRPC threads make a fork unsafe
+   (reliability_bench/postgres_control.py). Statuses while it is down and
    after, and the time from PostgreSQL ready to the first successful Search and
    Ask. Criterion: as for 2.
 4. Interrupted ingests: --documents short synthetic documents ingested into a
@@ -31,40 +35,57 @@ free loopback ports, default settings) serves every phase:
    document whose stored chunks differ in number from its row's chunk_count or
    from its final count in the reference (a partial document).
 5. Overload: OVERLOAD_CLIENTS clients, three times phase 1's, against the
-   gateway restarted without a bound on calls in flight, then with
-   GATEWAY_MAX_IN_FLIGHT at its default 64 and at 16. Criterion: only OK and RESOURCE_EXHAUSTED; the
-   unbounded run shows what the bound prevents.
+   gateway restarted without a bound on calls in flight, then at its defaults,
+   then with GATEWAY_MAX_IN_FLIGHT at a quarter of its default. Criterion:
+   only OK and RESOURCE_EXHAUSTED; the unbounded run shows what the bound
+   prevents.
+6. Caps: CAPS_CLIENTS clients sending the largest requests the gateway's caps
+   allow (ingests at the message, document count and document size caps, the
+   longest question, the largest filter) and requests over each cap, while the
+   gateway's RSS is sampled (reliability_bench/caps.py). Criterion: only OK,
+   INVALID_ARGUMENT and RESOURCE_EXHAUSTED, each kind as its size calls for,
+   and the gateway's peak RSS under its pod's memory limit in k8s/base.
 
-Prints a table per phase with PASS or MISS; exits 0 either way.
+Phases are isolated: each runs with a time limit, an exception fails it alone,
+and after it the stack is checked (PostgreSQL takes a query, the four services
+answer SERVING); what is broken is restarted, and the phase that left it so
+gets a failing row that says what was restarted. Each phase's table is headed
+PASS or FAIL (FAIL when one of its rows MISSes); the run exits 1 when a phase
+failed, 0 when all passed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import sys
 import time
-from collections.abc import Awaitable, Callable
 
 from benchkit.cli import parser
-from benchkit.output import log
-from benchkit.stack import running_stack
+from benchkit.output import PASS, log
+from benchkit.stack import SERVICE_NAMES, running_stack
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.stack import Stack
+from reliability_bench.caps import phase_caps
 from reliability_bench.documents import documents
 from reliability_bench.ingests import INGEST_DEADLINE_S, phase_ingest
+from reliability_bench.isolation import PhaseFunction, run_isolated
 from reliability_bench.load import LOAD_NAMESPACE, channel
 from reliability_bench.outages import phase_kills, phase_postgres
+from reliability_bench.postgres_control import embedded_postgres
 from reliability_bench.settings import FULL, QUICK, SERVICE_ENV, Settings
 from reliability_bench.steady import phase_load, phase_overload
-from reliability_bench.table import Phase, Row, report
+from reliability_bench.table import Phase, report
 
 SEED_DOCUMENTS = 60
-PHASES: dict[str, Callable[[Stack, Settings], Awaitable[Phase]]] = {
+PHASES: dict[str, PhaseFunction] = {
     "load": phase_load,
     "kills": phase_kills,
     "postgres": phase_postgres,
     "ingest": phase_ingest,
     "overload": phase_overload,
+    "caps": phase_caps,
 }
 
 
@@ -80,32 +101,33 @@ async def seed(stack: Stack) -> None:
         )
 
 
-async def run_phases(stack: Stack, s: Settings, only: set[str]) -> list[Phase]:
+async def run_phases(stack: Stack, s: Settings, only: set[str]) -> dict[str, Phase]:
+    """The phases in order, each from a healthy stack (isolation.run_isolated)."""
     await seed(stack)
-    phases = []
-    for name, function in PHASES.items():
-        if only and name not in only:
-            continue
-        log(f"phase {name}")
-        try:
-            phases.append(await function(stack, s))
-        except Exception as error:  # report the phase as failed, go on
-            phases.append(
-                Phase(
-                    f"{name}: failed", [Row("error", 0, f"{type(error).__name__}: {error}", verdict="MISS")]
-                )
-            )
-    return phases
+    postgres = embedded_postgres(stack)
+    return {
+        name: await run_isolated(name, function, stack, postgres, s)
+        for name, function in PHASES.items()
+        if not only or name in only
+    }
+
+
+def stop_without_forking(stack: Stack) -> None:
+    """The services, then PostgreSQL by signal: the Stack's own stop would fork pg_ctl from this process."""
+    for name in reversed(SERVICE_NAMES):
+        with contextlib.suppress(KeyError):  # a service a failed phase left stopped
+            stack.stop_service(name)
+    embedded_postgres(stack).stop()
 
 
 def main() -> None:
     arguments = parser(__doc__)
     arguments.add_argument(
-        "--quick", action="store_true", help="15 s of load, 200 documents, 10 s per overload"
+        "--quick", action="store_true", help="15 s of load, 200 documents, 10 s per overload and of caps"
     )
     arguments.add_argument("--load", type=float, help="seconds of load in phase 1")
     arguments.add_argument("--documents", type=int, help="documents per ingest in phase 4")
-    arguments.add_argument("--only", nargs="*", default=[], help=f"phases: {' '.join(PHASES)}")
+    arguments.add_argument("--only", nargs="*", default=[], choices=list(PHASES), help="phases to run")
     args = arguments.parse_args()
     s = QUICK if args.quick else FULL
     if args.load:
@@ -115,8 +137,12 @@ def main() -> None:
     started = time.monotonic()
     log("starting the stack")
     with running_stack("rag-bench-reliability-", SERVICE_ENV) as stack:
-        phases = asyncio.run(run_phases(stack, s, set(args.only)))
+        try:
+            phases = asyncio.run(run_phases(stack, s, set(args.only)))
+        finally:
+            stop_without_forking(stack)
     report(phases, time.monotonic() - started, args.quick)
+    sys.exit(0 if all(phase.outcome == PASS for phase in phases.values()) else 1)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 
+PASS = "PASS"
+MISS = "MISS"
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def verdict(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
+    return PASS if passed else MISS

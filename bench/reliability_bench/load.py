@@ -85,12 +85,12 @@ async def _client(number: int, gateway: gateway_pb2_grpc.GatewayServiceAsyncStub
             load.calls.append(
                 Call(name, started, time.monotonic(), rpc.status_name(error), rpc.detail(error))
             )
-            await asyncio.sleep(_retry_hint_s(error))  # a failing stack must not turn into a busy loop
+            await asyncio.sleep(retry_hint_s(error))  # a failing stack must not turn into a busy loop
         else:
             load.calls.append(Call(name, started, time.monotonic(), "OK"))
 
 
-def _retry_hint_s(error: BaseException) -> float:
+def retry_hint_s(error: BaseException) -> float:
     """The server's hint (grpc-retry-pushback-ms) where it gives one, as a well-behaved client reads it."""
     if isinstance(error, grpc.aio.AioRpcError):
         for key, value in error.trailing_metadata() or ():

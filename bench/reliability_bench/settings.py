@@ -16,7 +16,8 @@ class Settings:
     kill_window_s: float = 12.0
     documents: int = 1000
     overload_s: float = 30.0
+    caps_s: float = 30.0
 
 
 FULL = Settings()
-QUICK = Settings(load_s=15.0, kill_window_s=9.0, documents=200, overload_s=10.0)
+QUICK = Settings(load_s=15.0, kill_window_s=9.0, documents=200, overload_s=10.0, caps_s=10.0)

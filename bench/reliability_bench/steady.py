@@ -7,8 +7,10 @@ import asyncio
 import time
 from collections import Counter
 
+from benchkit.defaults import GATEWAY_MAX_IN_FLIGHT
 from benchkit.output import verdict
 from benchkit.stack import start_again
+from gateway.config import GatewaySettings
 from rag_cli.stack import Stack
 from reliability_bench.load import CHANNELS, CLIENTS, DEADLINE_S, counts, load_for, percentiles
 from reliability_bench.settings import Settings
@@ -18,9 +20,20 @@ from reliability_bench.table import Phase, Row, status_columns
 ALLOWED = {"OK", "RESOURCE_EXHAUSTED"}
 
 # Phase 5: clients beyond what the stack serves, against a gateway without a
-# bound on calls in flight and one with a low bound.
+# bound on calls in flight, one at its defaults and one with a low bound.
 OVERLOAD_CLIENTS = 150
-OVERLOAD_LIMITS = (("no bound", 100_000), ("max in flight 64 (default)", 64), ("max in flight 16", 16))
+LOW_MAX_IN_FLIGHT = GATEWAY_MAX_IN_FLIGHT // 4
+# A bound no load here reaches; gRPC's own bound on calls must stay above it (GatewaySettings).
+UNBOUNDED = 100_000
+_MAX_IN_FLIGHT = GatewaySettings.variable("max_in_flight")
+OVERLOAD_LIMITS: tuple[tuple[str, dict[str, str]], ...] = (
+    (
+        "no bound",
+        {_MAX_IN_FLIGHT: str(UNBOUNDED), GatewaySettings.variable("max_concurrent_rpcs"): str(UNBOUNDED + 1)},
+    ),
+    (f"max in flight {GATEWAY_MAX_IN_FLIGHT} (default)", {}),
+    (f"max in flight {LOW_MAX_IN_FLIGHT}", {_MAX_IN_FLIGHT: str(LOW_MAX_IN_FLIGHT)}),
+)
 
 
 async def phase_load(stack: Stack, s: Settings) -> Phase:
@@ -48,22 +61,24 @@ async def _restart_gateway(stack: Stack, **settings: str) -> None:
 
 async def phase_overload(stack: Stack, s: Settings) -> Phase:
     rows = []
-    for label, limit in OVERLOAD_LIMITS:
-        await _restart_gateway(stack, GATEWAY_MAX_IN_FLIGHT=str(limit))
-        load = await load_for(stack.gateway_target, s.overload_s, OVERLOAD_CLIENTS)
-        statuses = Counter(c.status for c in load.calls)
-        p50, p99 = percentiles(load.calls)
-        rows.append(
-            Row(
-                label,
-                *status_columns(statuses),
-                p50,
-                p99,
-                check=f"{statuses['OK'] / s.overload_s:.1f} successful calls/s",
-                verdict=verdict(set(statuses) <= ALLOWED),
+    try:
+        for label, settings in OVERLOAD_LIMITS:
+            await _restart_gateway(stack, **settings)
+            load = await load_for(stack.gateway_target, s.overload_s, OVERLOAD_CLIENTS)
+            statuses = Counter(c.status for c in load.calls)
+            p50, p99 = percentiles(load.calls)
+            rows.append(
+                Row(
+                    label,
+                    *status_columns(statuses),
+                    p50,
+                    p99,
+                    check=f"{statuses['OK'] / s.overload_s:.1f} successful calls/s",
+                    verdict=verdict(set(statuses) <= ALLOWED),
+                )
             )
-        )
-    await _restart_gateway(stack)  # back to the defaults
+    finally:
+        await _restart_gateway(stack)  # back to the defaults, for the phases after this one
     return Phase(
         f"5. overload: {OVERLOAD_CLIENTS} clients, {s.overload_s:.0f} s each, deadline {DEADLINE_S:.0f} s",
         rows,

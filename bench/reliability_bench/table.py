@@ -6,10 +6,11 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from benchkit.machine import load_average
+from benchkit.output import MISS, PASS
 
 
 @dataclass
@@ -26,11 +27,19 @@ class Row:
     verdict: str = ""
 
 
+FAIL = "FAIL"
+
+
 @dataclass
 class Phase:
     title: str
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> str:
+        """PASS when no row missed its criterion, FAIL otherwise."""
+        return FAIL if any(row.verdict == MISS for row in self.rows) else PASS
 
 
 def fmt_counts(counter: Counter[str]) -> str:
@@ -46,20 +55,22 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f}"
 
 
-def report(phases: Sequence[Phase], seconds: float, quick: bool) -> None:
+def report(phases: Mapping[str, Phase], seconds: float, quick: bool) -> None:
+    """Every phase's table under its title and outcome, then the outcomes by phase name."""
     print(
         f"Reliability of the stack ({time.strftime('%Y-%m-%d')}{', --quick' if quick else ''}); "
         f"{os.cpu_count()} cores, load average {load_average()} at the end"
     )
-    for phase in phases:
-        print(f"\n{phase.title}")
-        print(f"  {'':<26}{'calls':>6}{'p50 ms':>8}{'p99 ms':>8}  verdict  statuses | recovery | check")
+    for phase in phases.values():
+        print(f"\n{phase.outcome}  {phase.title}")
+        print(f"  {'':<32}{'calls':>6}{'p50 ms':>8}{'p99 ms':>8}  verdict  statuses | recovery | check")
         for row in phase.rows:
             extras = " | ".join(x for x in (row.recovery, row.check) if x)
             print(
-                f"  {row.label:<26}{row.calls:>6}{_ms(row.p50):>8}{_ms(row.p99):>8}  {row.verdict or '':<7}  "
+                f"  {row.label:<32}{row.calls:>6}{_ms(row.p50):>8}{_ms(row.p99):>8}  {row.verdict or '':<7}  "
                 f"{row.statuses}{' | ' + extras if extras else ''}"
             )
         for note in phase.notes:
             print(f"  {note}")
-    print(f"\n{seconds / 60:.1f} minutes in all")
+    outcomes = ", ".join(f"{name} {phase.outcome}" for name, phase in phases.items())
+    print(f"\n{outcomes}; {seconds / 60:.1f} minutes in all")
