@@ -16,6 +16,11 @@ from services.common.tls import ClientTls, TlsConfigError, check_pair
 
 UPSTREAM_TLS_PREFIX = "GATEWAY_UPSTREAM_TLS_"
 
+# What the gateway holds of each admitted request at most (received, decoded, its text read),
+# and the process at rest: the terms of GatewaySettings.memory_needed_bytes.
+REQUEST_COPIES = 3
+PROCESS_BYTES = 80 * MiB
+
 
 class GatewaySettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix=GATEWAY.env_prefix)
@@ -39,13 +44,15 @@ class GatewaySettings(ServerSettings):
     max_deadline_s: float = Field(300.0, gt=0)
     # Memory. gRPC receives a call's whole request before its handler runs and
     # holds it until the call ends; decoding copies it and reading its text
-    # copies it again (measured: about 3 times the message per call). Only
-    # calls that got past their key and admission are read (the others are
-    # refused unread, gateway/access.py), so requests take at most
+    # copies it again (measured: about REQUEST_COPIES times the message per
+    # call). Only calls that got past their key and admission are read (the
+    # others are refused unread, gateway/access.py), so requests take at most
     #     max_in_flight x max_message_bytes x 3 = 20 x 4 MiB x 3 = 240 MiB,
-    # which beside the process itself (about 80 MiB at rest) fits the 384 Mi
-    # memory limit of the gateway's pod (k8s/base/gateway.yaml). Raising one
-    # of the two means lowering the other, or giving the pod more memory.
+    # beside the process itself (PROCESS_BYTES, about 80 MiB at rest) and the
+    # parse workers (max_concurrent_parses x parse_memory_mib, below). The
+    # pod's memory limit must hold memory_needed_bytes (k8s/base/gateway.yaml;
+    # tests/k8s/test_workloads.py checks every overlay). Raising one of these
+    # means lowering another, or giving the pod more memory.
     max_message_bytes: int = Field(4 * MiB, ge=MiB)
     # Calls worked on at once (health and reflection not counted); past it a
     # call is refused at once with RESOURCE_EXHAUSTED and a retry hint. Sized
@@ -130,6 +137,12 @@ class GatewaySettings(ServerSettings):
         if uses_tls and self.upstream_tls_ca_file is None:
             raise TlsConfigError(f"upstream TLS settings need {UPSTREAM_TLS_PREFIX}CA_FILE")
         return self
+
+    @property
+    def memory_needed_bytes(self) -> int:
+        """The most memory the gateway's pod needs: the process, the admitted requests, the parse workers."""
+        requests = self.max_in_flight * self.max_message_bytes * REQUEST_COPIES
+        return PROCESS_BYTES + requests + self.max_concurrent_parses * self.parse_memory_mib * MiB
 
     @property
     def in_flight_per_key(self) -> int:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from gateway.config import GatewaySettings
 from services.common.settings import MiB
 from tests.k8s.objects import (
     only_container,
@@ -19,8 +20,6 @@ from tests.k8s.services import METRICS_PORT, SERVICES, ServiceSpec, for_each_ser
 
 # The gateway's memory arithmetic (gateway/config.py): an admitted call holds about this many
 # copies of its request until it ends, beside the process itself at rest.
-GATEWAY_REQUEST_COPIES = 3
-GATEWAY_PROCESS_BYTES = 80 * MiB
 
 
 @for_each_service
@@ -72,14 +71,16 @@ def test_termination_grace_outlasts_the_servers_grace(render: Rendered, service:
 
 
 def test_gateway_requests_fit_its_memory_limit(render: Rendered, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every call the gateway admits, at the largest message, fits the pod's memory limit."""
+    """Every call the gateway admits, at the largest message, and every parse worker fit the pod's memory."""
     gateway = SERVICES["gateway"]
     settings = load_settings(gateway, service_env(render, gateway), monkeypatch)
+    assert isinstance(settings, GatewaySettings)
     limit = only_container(render.one("Deployment", gateway.name))["resources"]["limits"]["memory"]
-    requests = settings.max_in_flight * settings.max_message_bytes * GATEWAY_REQUEST_COPIES
-    assert GATEWAY_PROCESS_BYTES + requests <= parse_quantity(limit), (
-        f"{render.name}: GATEWAY_MAX_IN_FLIGHT {settings.max_in_flight} x GATEWAY_MAX_MESSAGE_BYTES "
-        f"{settings.max_message_bytes} x {GATEWAY_REQUEST_COPIES} copies does not fit the limit {limit}"
+    assert settings.memory_needed_bytes <= parse_quantity(limit), (
+        f"{render.name}: the gateway may need {settings.memory_needed_bytes / MiB:.0f} MiB "
+        f"(GATEWAY_MAX_IN_FLIGHT {settings.max_in_flight} x GATEWAY_MAX_MESSAGE_BYTES "
+        f"{settings.max_message_bytes} x 3 copies, {settings.max_concurrent_parses} parse workers of "
+        f"{settings.parse_memory_mib} MiB, the process): more than the limit {limit}"
     )
 
 
