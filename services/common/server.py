@@ -39,6 +39,10 @@ async def _nothing() -> None:
 ReportHealth = Callable[[bool], Awaitable[None]]
 
 
+# The health "service" a liveness probe checks: SERVING from listening until the stop.
+LIVENESS = "liveness"
+
+
 async def _nothing_to_watch(_: ReportHealth) -> None:
     return None
 
@@ -104,6 +108,11 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
         [*binding.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     await _set_all(health_servicer, binding.service_names, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # The process answers: what a liveness probe asks. Readiness ("" and the
+    # service's own name) also needs the dependency, and a dependency that is
+    # down (a database, a broken keys file) must not make Kubernetes restart
+    # a process that would only come back to the same state.
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     _listen(server, settings)
     await server.start()
     log.info("listening on %s; starting dependencies", settings.address)

@@ -29,6 +29,7 @@ from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag_cli.main import main
 from rag_cli.stack import Stack
 from services.common.registry import GATEWAY_UPSTREAMS, upstream_target_variable
+from services.common.server import LIVENESS
 from tests.e2e.replicas import Replicas
 from tests.otlp_receiver import OtlpReceiver
 
@@ -386,6 +387,8 @@ def test_a_broken_keys_file_refuses_every_key_and_reports_not_serving_until_it_i
         tenants.keys_file.write_text("{not json")  # as a hand edit gone wrong would leave it
         while_broken = {key: rejection(list_with(key)) for key in (tenants.revoked, tenants.key_a)}
         reported_broken = next(changes).status
+        # The process still answers: a liveness probe must not restart it into a failing start-up.
+        alive_while_broken = health.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=30).status
         tenants.keys_file.write_text(valid)
         reported_fixed = next(changes).status
         tenants.gateway.ListDocuments(listing, metadata=bearer(tenants.key_a), timeout=30)  # served again
@@ -403,6 +406,7 @@ def test_a_broken_keys_file_refuses_every_key_and_reports_not_serving_until_it_i
         trailing = {metadatum.key: metadatum.value for metadatum in error.trailing_metadata() or ()}
         assert int(trailing["grpc-retry-pushback-ms"]) == keys.KEYS_RETRY_AFTER_MS
     assert reported_broken == not_serving
+    assert alive_while_broken == serving
     assert reported_fixed == serving
     assert revoked_again.code() == grpc.StatusCode.UNAUTHENTICATED
     logged = tenants.log.read_text(errors="replace")
