@@ -23,7 +23,7 @@ and not counted against the gateway's limit.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -32,7 +32,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from gateway.admission import Admission
 from gateway.auth import Authorizer, Caller
 from services.common.errors import ServiceError
-from services.common.handlers import Continuation, Handler, checked_first
+from services.common.handlers import Handler, HandlerInterceptor, checked_first, refusing_unread
 from services.common.validation import require_namespace
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -59,30 +59,7 @@ def _check_namespace(caller: Caller, field: str, request: Any, context: Context)
     caller.require_grant(namespace, field)
 
 
-def refusing_unread(handler: Handler, error: ServiceError) -> Handler:
-    """A handler for `handler`'s RPC that answers `error` at once without reading the request.
-
-    It declares a stream of requests whatever the RPC takes: gRPC starts such a
-    handler before any message arrives, where for one request it would first
-    receive the whole message into memory. The status ends the call, and the
-    request, never read, goes with it.
-    """
-
-    async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
-        raise error
-
-    async def refuse_stream(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        raise error
-        yield  # an async generator: grpc.aio serves a stream of responses from one
-
-    if handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(
-            refuse_stream, response_serializer=handler.response_serializer
-        )
-    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
-
-
-class AccessInterceptor(grpc.aio.ServerInterceptor):
+class AccessInterceptor(HandlerInterceptor):
     def __init__(self, service: ServiceDescriptor, authorizer: Authorizer, admission: Admission) -> None:
         # An RPC without its namespace field would go unchecked: refuse to start instead.
         unlisted = set(service.methods_by_name) - set(NAMESPACE_FIELDS)
@@ -92,16 +69,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._authorizer = authorizer
         self._admission = admission
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefix):
+    def wrap(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        if not details.method.startswith(self._prefix):
             return handler
-        field = NAMESPACE_FIELDS[method.removeprefix(self._prefix)]
+        field = NAMESPACE_FIELDS[details.method.removeprefix(self._prefix)]
         try:
-            caller = self._authorizer.authenticate(handler_call_details.invocation_metadata)
+            caller = self._authorizer.authenticate(details.invocation_metadata)
             self._admission.admit(caller.key_id)
         except ServiceError as refused:
             return refusing_unread(handler, refused)

@@ -15,7 +15,6 @@ was wrong and how to send a key, and spans get the key's id.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from opentelemetry import trace
 
 from gateway.keys import KeyEntry, KeyStore
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.loopback import is_loopback_host
 from services.common.server import ReportHealth
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,11 @@ _INVALID = "the API key is not valid (malformed, unknown or revoked)"
 KEYS_CHECK_INTERVAL_S = 1.0
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` (an address or "localhost") is reachable from this machine only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # any other name may resolve to any address
-
-
 def require_keys_unless_local(
     host: str, keys_file: Path | None, allow_unauthenticated: bool, variable: Callable[[str], str]
 ) -> None:
     """Raises ValueError for a gateway that would let anyone on the network in; `variable` names settings."""
-    if keys_file is not None or allow_unauthenticated or is_loopback(host):
+    if keys_file is not None or allow_unauthenticated or is_loopback_host(host):
         return
     raise ValueError(
         f"{variable('api_keys_file')} is not set, so the gateway would let any caller that reaches "

@@ -10,11 +10,10 @@ must never call a remote target local.
 
 from __future__ import annotations
 
-import ipaddress
+from services.common.loopback import is_loopback_host
 
 LOCAL_SCHEMES = frozenset({"unix", "unix-abstract"})
 ADDRESS_LIST_SCHEMES = frozenset({"ipv4", "ipv6"})
-LOOPBACK_NAME = "localhost"
 
 
 def is_loopback_target(target: str) -> bool:
@@ -29,19 +28,6 @@ def is_loopback_target(target: str) -> bool:
         # A DNS server of the caller's choice may answer "localhost" with any address.
         return not authority and is_loopback_host(_host(name))
     return is_loopback_host(_host(target))
-
-
-def is_loopback_host(host: str) -> bool:
-    """ "localhost", or an IP address in 127.0.0.0/8 or ::1 (also as ::ffff:127.x.y.z)."""
-    if host.lower() == LOOPBACK_NAME:
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def _host(address: str) -> str:

@@ -16,10 +16,11 @@ import pytest
 from pydantic import ValidationError
 
 from gateway import keys
-from gateway.auth import ANYONE, Authorizer, is_loopback, key_from_metadata, require_keys_unless_local
+from gateway.auth import ANYONE, Authorizer, key_from_metadata, require_keys_unless_local
 from gateway.config import GatewaySettings
 from rag_cli.main import main
 from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.loopback import is_loopback_host
 
 # Far longer than any step here takes: only a failure waits this long.
 WAIT_S = 30.0
@@ -276,7 +277,7 @@ def test_authentication_off_lets_every_caller_into_every_namespace(
     ],
 )
 def test_only_loopback_hosts_count_as_local(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
+    assert is_loopback_host(host) is loopback
 
 
 def test_a_gateway_off_loopback_needs_keys_or_an_explicit_choice_to_run_without(keys_file: Path) -> None:

@@ -103,3 +103,33 @@ def checked_first(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grp
         return call
 
     return rewrapped(handler, wrap_unary, wrap_streaming)
+
+
+def refusing_unread(
+    handler: Handler, error: Exception, on_refusal: Callable[[], None] = lambda: None
+) -> Handler:
+    """A handler for `handler`'s RPC that answers `error` at once without reading the request.
+
+    It declares a stream of requests whatever the RPC takes: gRPC starts such a
+    handler before any message arrives, where for one request it would first
+    receive the whole message into memory. The status ends the call, and the
+    request, never read, goes with it. `on_refusal` runs inside the call (so
+    with its trace id) just before, e.g. to log why.
+    """
+
+    async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        on_refusal()
+        raise error
+
+    async def refuse_stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        on_refusal()
+        raise error
+        yield  # an async generator: grpc.aio serves a stream of responses from one
+
+    if handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(
+            refuse_stream, response_serializer=handler.response_serializer
+        )
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)

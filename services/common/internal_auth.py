@@ -34,7 +34,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ import jwt
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 
 from services.common.errors import PermissionDenied, Unauthenticated
-from services.common.handlers import Handler, HandlerInterceptor, checked_first, rewrapped
+from services.common.handlers import Handler, HandlerInterceptor, checked_first, refusing_unread
 from services.common.tenant import TENANT_FIELD, namespaces_to_sign
 from services.common.validation import require_namespace
 
@@ -182,7 +182,7 @@ class InternalAuthInterceptor(HandlerInterceptor):
     """Serves only calls with a valid token for this service; health and reflection stay open.
 
     The token is checked from the call's metadata when its handler is looked up,
-    before the request is decoded: a refused call's request is never parsed, and
+    before the request is read: a refused call's request is never received, and
     the caller gets UNAUTHENTICATED saying only whether the token was missing,
     invalid or expired.
 
@@ -233,35 +233,16 @@ def _require_tenant(
         raise PermissionDenied(f"the call is not authorized for namespace {namespace!r}", field=TENANT_FIELD)
 
 
-def _unread(data: bytes) -> None:
-    """The request of a refused call: received (gRPC reads it), never decoded."""
-    return None
-
-
 def _refusing(handler: Handler, error: Unauthenticated, method: str) -> Handler:
-    """`handler` answering `error` at once, of the same kind (unary or streaming) as the RPC.
+    """`handler` answering `error` at once, its request never read (handlers.refusing_unread).
 
     Why it was refused goes to the log, inside the call (so with its trace id), not to the caller.
     """
 
-    def refused() -> Unauthenticated:
+    def log_why() -> None:
         log.warning("refused %s: %s (%s)", method, error.message, error.__cause__ or "no token sent")
-        return error
 
-    def wrap_unary(_behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            raise refused()
-
-        return refuse
-
-    def wrap_streaming(_behavior: Callable[..., Any]) -> Callable[..., AsyncIterator[Any]]:
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            raise refused()
-            yield  # an async generator, like the streaming behavior it stands in for
-
-        return refuse
-
-    return rewrapped(handler, wrap_unary, wrap_streaming, request_deserializer=_unread)
+    return refusing_unread(handler, error, log_why)
 
 
 class _Signing:
