@@ -104,7 +104,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     top1, top10 = similarity_profile(dataset)
     log(f"synthesized {args.chunks} chunks and {total} queries in {time.perf_counter() - started:.0f} s")
 
-    with embedded_postgres("rag-bench-hnsw-") as dsn:
+    async with embedded_postgres("rag-bench-hnsw-") as dsn:
         store = await connect_store(dsn, max_pool_size=LOADERS)
         # The same statements with index scans off: dense search becomes a sequential scan.
         exact = await connect_store(dsn, max_pool_size=1, server_settings={"enable_indexscan": "off"})

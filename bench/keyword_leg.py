@@ -43,7 +43,7 @@ NO_TITLES = "scifact-no-titles"
 
 
 async def measure(corpus: Corpus, prepared: Prepared, *, sweep: bool) -> None:
-    with embedded_postgres("rag-bench-pg-") as dsn:
+    async with embedded_postgres("rag-bench-pg-") as dsn:
         store = await connect_store(dsn, max_pool_size=POOL_SIZE)
         conn = await asyncpg.connect(dsn)
         try:

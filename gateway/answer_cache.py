@@ -28,7 +28,7 @@ def cache_key(request: gateway_pb2.AskRequest, index_version: int) -> bytes:
     for part in (
         request.namespace.encode(),
         normalise_question(request.question).encode(),
-        request.retrieval.SerializeToString(deterministic=True),
+        _settings_of(request.retrieval).SerializeToString(deterministic=True),
         request.generation.SerializeToString(deterministic=True),
         b"".join(turn.SerializeToString(deterministic=True) for turn in request.history),
         str(index_version).encode(),
@@ -59,3 +59,11 @@ class AnswerCache:
             kept.CopyFrom(response)
             del kept.timings[:]
             self._answers[key] = kept.SerializeToString()
+
+
+def _settings_of(retrieval: gateway_pb2.RetrievalOptions) -> gateway_pb2.RetrievalOptions:
+    """The retrieval options without the read-your-writes token: the key holds the version itself."""
+    settings = gateway_pb2.RetrievalOptions()
+    settings.CopyFrom(retrieval)
+    settings.ClearField("min_index_version")
+    return settings

@@ -21,6 +21,7 @@ from contextlib import aclosing
 from google.protobuf import struct_pb2
 from opentelemetry import trace
 
+from gateway import error_details
 from gateway.concurrency import Deadline, not_cut_short, run_all
 from gateway.embedding import embed_stream
 from gateway.requests import IncomingDocument
@@ -278,7 +279,7 @@ class IngestPipeline:
         timer: StageTimer,
         deadline: Deadline,
     ) -> retriever_pb2.DeleteResponse:
-        with timer.stage("delete"), calling("retriever"):
+        with timer.stage("delete"), calling("retriever", error_details.DELETE):
             response: retriever_pb2.DeleteResponse = await self._up.retriever.Delete(
                 retriever_pb2.DeleteRequest(
                     namespace=tenant.namespace,
@@ -293,7 +294,7 @@ class IngestPipeline:
     async def list_documents(
         self, request: gateway_pb2.ListDocumentsRequest, tenant: Tenant, deadline: Deadline
     ) -> gateway_pb2.ListDocumentsResponse:
-        with calling("retriever"):
+        with calling("retriever", error_details.LIST):
             listed = await self._up.retriever.ListDocuments(
                 retriever_pb2.ListDocumentsRequest(
                     namespace=tenant.namespace,

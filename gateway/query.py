@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
-from gateway import instruments
+from gateway import error_details, instruments
 from gateway.answer_cache import AnswerCache, cache_key
 from gateway.concurrency import Deadline
 from gateway.upstream import Upstreams, calling
@@ -42,10 +43,15 @@ class QueryPipeline:
         options: gateway_pb2.RetrievalOptions,
         timer: StageTimer,
         deadline: Deadline,
+        origins: error_details.QueryOrigins = error_details.SEARCH,
+        at_least_version: int | None = None,
     ) -> retriever_pb2.SearchResponse:
+        """The query's hits. `origins`: where the gateway request being served holds what this sends
+        on (Search's by default), so that a field an inner service refuses is named as the caller's.
+        `at_least_version`: an index version the search must see besides the caller's own token."""
         vector: list[float] = []
         if options.mode != common_pb2.SEARCH_MODE_KEYWORD:
-            with timer.stage("embed"), calling("embedder"):
+            with timer.stage("embed"), calling("embedder", origins.embed):
                 embedded = await self._up.embedder.Embed(
                     # A question longer than the model reads is cut, not refused:
                     # its beginning still finds the right chunks.
@@ -65,12 +71,25 @@ class QueryPipeline:
             fusion=options.fusion if options.HasField("fusion") else None,
             rerank=options.rerank if options.HasField("rerank") else None,
             ef_search=options.ef_search if options.HasField("ef_search") else None,
+            min_index_version=_at_least(
+                options.min_index_version if options.HasField("min_index_version") else None, at_least_version
+            ),
         )
-        with timer.stage("retrieve"), calling("retriever"):
+        with timer.stage("retrieve"), calling("retriever", origins.search):
             response: retriever_pb2.SearchResponse = await self._up.retriever.Search(
                 request, timeout=deadline.remaining(), metadata=tenant.metadata()
             )
         return response
+
+    async def index_version(self, tenant: Tenant, deadline: Deadline) -> int:
+        """The namespace's index version now, read on the primary the writes go to."""
+        with calling("retriever"):
+            response = await self._up.retriever.GetIndexVersion(
+                retriever_pb2.GetIndexVersionRequest(namespace=tenant.namespace),
+                timeout=deadline.remaining(),
+                metadata=tenant.metadata(),
+            )
+        return int(response.version)
 
     async def ask(
         self,
@@ -80,16 +99,19 @@ class QueryPipeline:
         timer: StageTimer,
         deadline: Deadline,
     ) -> gateway_pb2.AskResponse:
-        key, cached = await self._cached_answer(request, tenant, timer, deadline)
+        origins = error_details.ASK
+        slot, cached = await self._cached_answer(request, tenant, timer, deadline, origins)
         if cached is not None:
             return cached
-        retrieved = await self.search(tenant, request.question, top_k, request.retrieval, timer, deadline)
-        with timer.stage("generate"), calling("generator"):
+        retrieved = await self.search(
+            tenant, request.question, top_k, request.retrieval, timer, deadline, origins, _version_of(slot)
+        )
+        with timer.stage("generate"), calling("generator", origins.generate):
             generated: generator_pb2.GenerateResponse = await self._up.generator.Generate(
                 generate_request(request, retrieved.hits), timeout=deadline.remaining()
             )
         response = answer_response(generated, retrieved.hits, timer)
-        self._remember(key, response)
+        self._remember(slot, retrieved.index_version, response)
         return response
 
     async def ask_stream(
@@ -100,19 +122,22 @@ class QueryPipeline:
         timer: StageTimer,
         deadline: Deadline,
     ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
-        key, cached = await self._cached_answer(request, tenant, timer, deadline)
+        origins = error_details.ASK_STREAM
+        slot, cached = await self._cached_answer(request, tenant, timer, deadline, origins)
         if cached is not None:
             for replay in replayed(cached):
                 yield replay
             return
-        retrieved = await self.search(tenant, request.question, top_k, request.retrieval, timer, deadline)
+        retrieved = await self.search(
+            tenant, request.question, top_k, request.retrieval, timer, deadline, origins, _version_of(slot)
+        )
         yield gateway_pb2.AskStreamResponse(
             sources=gateway_pb2.SourcesEvent(sources=numbered_sources(retrieved.hits, cited=set()))
         )
         started = time.perf_counter()
         first_token_at: float | None = None
         final: generator_pb2.GenerateResponse | None = None
-        with timer.stage("generate"), calling("generator"):
+        with timer.stage("generate"), calling("generator", origins.generate):
             stream = self._up.generator.GenerateStream(
                 generator_pb2.GenerateStreamRequest(request=generate_request(request, retrieved.hits)),
                 timeout=deadline.remaining(),
@@ -134,38 +159,68 @@ class QueryPipeline:
         if first_token_at is not None:
             timer.record("time_to_first_token", (first_token_at - started) * 1000)
         response = answer_response(final, retrieved.hits, timer)
-        self._remember(key, response)
+        self._remember(slot, retrieved.index_version, response)
         yield gateway_pb2.AskStreamResponse(final=response)
 
     async def _cached_answer(
-        self, request: gateway_pb2.AskRequest, tenant: Tenant, timer: StageTimer, deadline: Deadline
-    ) -> tuple[bytes | None, gateway_pb2.AskResponse | None]:
-        """The cache key for this question (None when not cached) and the cached answer, if any.
+        self,
+        request: gateway_pb2.AskRequest,
+        tenant: Tenant,
+        timer: StageTimer,
+        deadline: Deadline,
+        origins: error_details.QueryOrigins,
+    ) -> tuple[_CacheSlot | None, gateway_pb2.AskResponse | None]:
+        """Where this question's answer is cached (None when not cached) and the cached answer, if any.
 
-        The key includes the namespace's index version, read from the database
-        the ingests write: after any change to the namespace no older answer matches.
+        The key includes the namespace's index version, read from the primary
+        database the ingests write: after any change to the namespace no older
+        answer matches.
         """
         if not self._answers.enabled or request.skip_cache:
             return None, None
-        with timer.stage("cache") as span, calling("retriever"):
+        with timer.stage("cache") as span, calling("retriever", origins.index_version):
             version = await self._up.retriever.GetIndexVersion(
                 retriever_pb2.GetIndexVersionRequest(namespace=tenant.namespace),
                 timeout=deadline.remaining(),
                 metadata=tenant.metadata(),
             )
-            key = cache_key(request, version.version)
-            cached = self._answers.get(key)
+            slot = _CacheSlot(cache_key(request, version.version), version.version)
+            cached = self._answers.get(slot.key)
             span.set_attribute("rag.gateway.index_version", version.version)
             span.set_attribute("rag.gateway.cache_hit", cached is not None)
         instruments.record_answer_cache(hit=cached is not None)
         if cached is not None:
             cached.cached = True
             cached.timings.extend(timer.to_proto())
-        return key, cached
+        return slot, cached
 
-    def _remember(self, key: bytes | None, response: gateway_pb2.AskResponse) -> None:
-        if key is not None:
-            self._answers.put(key, response)
+    def _remember(self, slot: _CacheSlot | None, searched_at: int, response: gateway_pb2.AskResponse) -> None:
+        """Cache the answer under the version its search read, or not at all.
+
+        The search was asked to read at least the slot's version, so with read
+        replicas it may have read a newer one (a write committed between the
+        version check and the search); an answer is kept only under the
+        version of the data it came from, so no answer is ever served for a
+        version it was not computed at.
+        """
+        if slot is not None and searched_at == slot.version:
+            self._answers.put(slot.key, response)
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheSlot:
+    key: bytes
+    version: int
+
+
+def _version_of(slot: _CacheSlot | None) -> int | None:
+    return None if slot is None else slot.version
+
+
+def _at_least(*versions: int | None) -> int | None:
+    """The highest of the versions given, or None when none is."""
+    given = [v for v in versions if v is not None]
+    return max(given) if given else None
 
 
 def replayed(cached: gateway_pb2.AskResponse) -> list[gateway_pb2.AskStreamResponse]:

@@ -66,6 +66,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             reranked=found.reranked,
             rerank_timed_out=found.rerank_timed_out,
             timings=timer.to_proto(),
+            index_version=found.index_version,
         )
 
     async def Ask(self, request: gateway_pb2.AskRequest, context: Context) -> gateway_pb2.AskResponse:
@@ -100,7 +101,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             Tenant(request.namespace), documents, request.chunking, timer, deadline
         )
         instruments.record_ingest(results)
-        return gateway_pb2.IngestDocumentsResponse(results=results, timings=timer.to_proto())
+        # Read once every write of the call has committed: the caller's read-your-writes token.
+        version = await self._queries.index_version(Tenant(request.namespace), deadline)
+        return gateway_pb2.IngestDocumentsResponse(
+            results=results, timings=timer.to_proto(), index_version=version
+        )
 
     async def DeleteDocuments(
         self, request: gateway_pb2.DeleteDocumentsRequest, context: Context
@@ -112,6 +117,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             deleted_documents=deleted.deleted_documents,
             deleted_chunks=deleted.deleted_chunks,
             timings=timer.to_proto(),
+            index_version=deleted.index_version,
         )
 
     async def ListDocuments(

@@ -13,6 +13,8 @@ A dependency's failure reaches the caller as a status naming the dependency:
 with its message when one of our services wrote it (written for callers), and
 with only its code when gRPC made it up on the way (connection failures, which
 name internal addresses); the whole of it goes to the log with the trace id.
+Our services' rich details go on too, in the caller's terms: the field at fault
+renamed to the gateway request's, and the retry hint (gateway/error_details.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import TracerProvider
 
+from gateway.error_details import GATEWAY_MADE, CallerDetails, FieldOrigins, caller_details
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
@@ -112,15 +115,20 @@ def open_channel(
 
 
 @contextmanager
-def calling(service: str) -> Iterator[None]:
-    """Re-raises a dependency's failure as the gateway's own, naming the dependency."""
+def calling(service: str, origins: FieldOrigins = GATEWAY_MADE) -> Iterator[None]:
+    """Re-raises a dependency's failure as the gateway's own, naming the dependency.
+
+    `origins` says which gateway request field each field of the inner request
+    came from, so that a field the dependency refuses is reported as the
+    caller's (gateway/error_details.py); unset, the gateway made every field.
+    """
     try:
         yield
     except grpc.aio.AioRpcError as error:
-        raise _public_error(service, error) from error
+        raise _public_error(service, error, origins) from error
 
 
-def _public_error(service: str, error: grpc.aio.AioRpcError) -> errors.ServiceError:
+def _public_error(service: str, error: grpc.aio.AioRpcError, origins: FieldOrigins) -> errors.ServiceError:
     code, trace_id = error.code(), current_trace_id()
     # Our services attach a google.rpc.Status to every refusal (errors_interceptor.py),
     # with a message written for callers; gRPC's own statuses carry none.
@@ -137,10 +145,11 @@ def _public_error(service: str, error: grpc.aio.AioRpcError) -> errors.ServiceEr
     error_type = _PASSED_THROUGH.get(code)
     if error_type is None:
         return errors.ServiceError(f"{service} failed: {withheld}")
-    said = error.details() if ours else withheld
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.Unavailable(f"{service} is unavailable: {said}")
-    return error_type(f"{service}: {said}")
+    # What gRPC made up on the way says nothing to the caller, and carries no details.
+    details = caller_details(error, origins) if ours else CallerDetails()
+    said = details.reworded(error.details() or "") if ours else withheld
+    named = f"{service} is unavailable" if code == grpc.StatusCode.UNAVAILABLE else service
+    return error_type(f"{named}: {said}", field=details.field, retry_after_ms=details.retry_after_ms)
 
 
 @dataclass

@@ -20,12 +20,21 @@ LOADERS = 2  # concurrent upserts
 HNSW_INDEX = "rag_chunks_embedding_hnsw"
 PROGRESS_EVERY_S = 30
 
+# The keyword index is the blocks (with their indexes), each chunk's lexemes
+# (with the fresh chunks' indexes, empty once compacted but keeping their
+# size), the lexemes waiting to be merged, and rag_postings (empty: written
+# before blocks existed).
 SIZES_SQL = f"""
-SELECT (SELECT count(*) FROM rag_postings) AS postings,
-       (SELECT count(DISTINCT lexeme) FROM rag_postings) AS lexemes,
+SELECT (SELECT coalesce(sum(postings), 0) FROM rag_keyword_blocks) AS postings,
+       (SELECT count(DISTINCT lexeme) FROM rag_keyword_blocks) AS lexemes,
+       (SELECT count(*) FROM rag_keyword_blocks) AS blocks,
        pg_total_relation_size('rag_chunks') - pg_relation_size('{HNSW_INDEX}') AS chunks,
        pg_relation_size('{HNSW_INDEX}') AS hnsw,
-       pg_total_relation_size('rag_postings') AS postings_size
+       pg_total_relation_size('rag_keyword_blocks') + pg_total_relation_size('rag_chunk_lexemes')
+           + pg_total_relation_size('rag_keyword_unmerged') + pg_total_relation_size('rag_postings')
+           AS postings_size,
+       pg_total_relation_size('rag_keyword_blocks') AS blocks_size,
+       pg_total_relation_size('rag_chunk_lexemes') AS chunk_lexemes_size
 """
 
 
@@ -33,11 +42,17 @@ SELECT (SELECT count(*) FROM rag_postings) AS postings,
 class Loaded:
     upsert_s: float
     index_build_s: float | None  # None: the index grew during the load
+    # Compacting what the compaction running beside the load had not reached.
+    compact_s: float
     postings: int
     lexemes: int
+    blocks: int
     table_mb: float
     hnsw_mb: float
+    # The whole keyword index, then its two parts.
     postings_mb: float
+    blocks_mb: float
+    chunk_lexemes_mb: float
 
 
 def documents_of(dataset: Dataset) -> list[DocumentInput]:
@@ -76,13 +91,21 @@ async def load(store: ChunkStore, conn: asyncpg.Connection, dataset: Dataset, *,
             count = await conn.fetchval("SELECT count(*) FROM rag_documents")
             log(f"  {count * CHUNKS_PER_DOCUMENT} chunks after {time.perf_counter() - started:.0f} s")
 
+    async def compact() -> None:
+        # What every retriever replica does in the background while documents come in.
+        while True:
+            if not (await store.maintain_keyword_index()).worked:
+                await asyncio.sleep(1)
+
     reporter = asyncio.create_task(progress())
+    compactor = asyncio.create_task(compact())
     try:
         await asyncio.gather(*(loader(i) for i in range(LOADERS)))
     finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+        for task in (reporter, compactor):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     upsert_s = time.perf_counter() - started
     log(f"upserted {len(dataset.texts)} chunks in {upsert_s:.0f} s")
 
@@ -93,17 +116,26 @@ async def load(store: ChunkStore, conn: asyncpg.Connection, dataset: Dataset, *,
         await conn.execute(index_sql)
         index_build_s = time.perf_counter() - started
         log(f"built the HNSW index in {index_build_s:.0f} s")
+    # The rest of what the background compaction had not reached yet.
+    started = time.perf_counter()
+    await store.compact_keyword_index()
+    compact_s = time.perf_counter() - started
+    log(f"compacted the rest of the keyword index in {compact_s:.0f} s")
     await conn.execute("VACUUM ANALYZE")
     row = await conn.fetchrow(SIZES_SQL)
     mb = 1024 * 1024
     return Loaded(
         upsert_s,
         index_build_s,
+        compact_s,
         row["postings"],
         row["lexemes"],
+        row["blocks"],
         row["chunks"] / mb,
         row["hnsw"] / mb,
         row["postings_size"] / mb,
+        row["blocks_size"] / mb,
+        row["chunk_lexemes_size"] / mb,
     )
 
 

@@ -13,6 +13,7 @@ from services.retriever.limits import (
     DEFAULT_CANDIDATE_DEPTH,
     DEFAULT_EF_SEARCH,
     DEFAULT_LEG_WEIGHT,
+    DEFAULT_MAX_REPLICA_LAG_MS,
     DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
     DEFAULT_POOL_MAX_SIZE,
     DEFAULT_POOL_MIN_SIZE,
@@ -26,6 +27,7 @@ from services.retriever.limits import (
     MAX_CANDIDATE_DEPTH,
     MAX_EF_SEARCH,
     MAX_LEG_WEIGHT,
+    MAX_REPLICA_LAG_MS,
     MAX_RERANK_BUDGET_MS,
     MAX_RERANK_CANDIDATES,
     MAX_RRF_K,
@@ -51,6 +53,13 @@ class RetrieverSettings(ServerSettings):
     # (the vector extension, the role rag_retriever and its schema), connected
     # to as rag_retriever; `rag up` starts an embedded one and sets it.
     database_url: SecretStr = Field(validation_alias=AliasChoices("RETRIEVER_DATABASE_URL", "DATABASE_URL"))
+    # Streaming replicas of that database, comma-separated (a comma inside a
+    # URL written %2C): searches and listings go to one in rotation, writes
+    # and the reads that decide them to the primary (store/replicas.py). A
+    # replica lagging the primary by more than max_replica_lag_ms is left out
+    # until it catches up.
+    read_database_urls: SecretStr = SecretStr("")
+    max_replica_lag_ms: int = Field(DEFAULT_MAX_REPLICA_LAG_MS, ge=0, le=MAX_REPLICA_LAG_MS)
     # Must match the embedder's model; checked against the stored schema at start-up.
     embedding_dimension: int = Field(384, ge=1, le=MAX_INDEXED_DIMENSION)
     hnsw_m: int = Field(DEFAULT_HNSW_M, ge=MIN_HNSW_M, le=MAX_HNSW_M)
@@ -90,6 +99,10 @@ class RetrieverSettings(ServerSettings):
     # time after which the fused order is returned instead (flagged).
     rerank_candidates: int = Field(DEFAULT_RERANK_CANDIDATES, ge=1, le=MAX_RERANK_CANDIDATES)
     rerank_budget_ms: int = Field(DEFAULT_RERANK_BUDGET_MS, ge=1, le=MAX_RERANK_BUDGET_MS)
+
+    @property
+    def read_dsns(self) -> list[str]:
+        return [url.strip() for url in self.read_database_urls.get_secret_value().split(",") if url.strip()]
 
     @model_validator(mode="after")
     def _a_leg_must_count(self) -> RetrieverSettings:

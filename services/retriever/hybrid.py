@@ -1,9 +1,9 @@
-"""One search statement: the dense leg, the keyword leg, or both fused by reciprocal rank fusion.
+"""A search's legs and their fusion: dense (HNSW), keyword (BM25), or both by reciprocal rank fusion.
 
-Each leg is a set of CTEs ending in `<leg> (id, score, rank)`; `fused` puts
-them together and the final SELECT fetches the chunks' fields, so a search is
-one statement whatever the mode (plus, when the dense leg runs, the HNSW
-settings set before it in the same transaction). Fusion is weighted RRF:
+Each leg ranks up to `depth` chunks by itself; fusion puts the two rankings
+together, and the hits' fields are fetched for the top_k that survive. All of
+it runs in one REPEATABLE READ transaction (store/reads.py), one snapshot, so
+the legs and the fields agree however writes interleave. Fusion is weighted RRF:
 
     fused(c) = dense_weight / (rrf_k + dense_rank(c)) + keyword_weight / (rrf_k + keyword_rank(c))
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
 from services.common.validation import require_range
 from services.retriever.filters import Filter, compile_filter
-from services.retriever.keyword import KEYWORD_FILTER_JOIN_SQL, KEYWORD_LEG_SQL, Bm25
 from services.retriever.limits import (
     DEFAULT_CANDIDATE_DEPTH,
     DEFAULT_LEG_WEIGHT,
@@ -91,48 +91,18 @@ SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan',
 
 # ORDER BY must be the distance alone for the HNSW index to serve it.
 _DENSE_LEG_SQL = """
-dense_hits AS MATERIALIZED (
-    SELECT c.id, c.embedding <=> {embedding}::vector AS distance
-    FROM rag_chunks c
-    WHERE {where}
-    ORDER BY distance
-    LIMIT {depth}
-),
-dense AS (
-    SELECT id, 1 - distance AS score, row_number() OVER (ORDER BY distance, id) AS rank FROM dense_hits
-)"""
+SELECT c.id, c.embedding <=> $2::vector AS distance
+FROM rag_chunks c
+WHERE c.namespace = $1{filter}
+ORDER BY distance
+LIMIT $3
+"""
 
-# One leg alone: its ranks are the order. The other leg's columns stay NULL.
-_SINGLE_LEG_SQL = """
-fused AS (
-    SELECT id, score, rank AS position,
-           {dense_rank}::bigint AS dense_rank, {dense_score}::float8 AS dense_score,
-           {keyword_rank}::bigint AS keyword_rank, {keyword_score}::float8 AS keyword_score
-    FROM {leg}
-)"""
-
-# Ties (a chunk first in one leg only against another first only in the
-# other, at equal weights) go to the older chunk: arbitrary but stable.
-_FUSED_SQL = """
-fused_scores AS (
-    SELECT coalesce(d.id, k.id) AS id,
-           coalesce({dense_weight}::float8 / ({rrf_k}::float8 + d.rank), 0)
-               + coalesce({keyword_weight}::float8 / ({rrf_k}::float8 + k.rank), 0) AS score,
-           d.rank AS dense_rank, d.score AS dense_score, k.rank AS keyword_rank, k.score AS keyword_score
-    FROM dense d FULL JOIN keyword k ON k.id = d.id
-),
-fused AS (
-    SELECT *, row_number() OVER (ORDER BY score DESC, id) AS position FROM fused_scores
-)"""
-
-_HITS_SQL = """
-SELECT c.document_id, c.chunk_index, c.text, c.pages, c.metadata, d.title,
-       f.score, f.dense_rank, f.dense_score, f.keyword_rank, f.keyword_score
-FROM fused f
-JOIN rag_chunks c ON c.id = f.id
+HITS_SQL = """
+SELECT c.id, c.document_id, c.chunk_index, c.text, c.pages, c.metadata, d.title
+FROM rag_chunks c
 JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
-WHERE f.position <= {top_k}
-ORDER BY f.position
+WHERE c.id = ANY ($1::bigint[])
 """
 
 
@@ -151,49 +121,56 @@ class SearchQuery:
     # hnsw.ef_search for the dense leg.
     ef_search: int
 
+    @property
+    def depth(self) -> int:
+        """How many chunks each leg ranks: top_k alone, candidate_depth when fused."""
+        return self.top_k if self.mode is not SearchMode.HYBRID else self.fusion.candidate_depth
 
-def search_sql(query: SearchQuery, text_search_config: str, bm25: Bm25) -> tuple[str, list[object]]:
-    """The statement for `query` and its parameters.
 
-    Every value travels as a parameter; the SQL text holds only placeholders and
-    fragments from our own code (compile_filter's output included).
-    """
-    params: list[object] = [query.namespace]
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One chunk of the final order, with its place and score in each leg that found it."""
 
-    def param(value: object) -> str:
-        params.append(value)
-        return f"${len(params)}"
+    chunk_id: int
+    score: float
+    dense: tuple[int, float] | None
+    keyword: tuple[int, float] | None
 
-    filter_sql = None if query.filter is None else compile_filter(query.filter, params, "c.metadata")
-    # Alone, a leg needs only top_k rows; fused, each hands over candidate_depth.
-    depth = query.top_k if query.mode is not SearchMode.HYBRID else query.fusion.candidate_depth
-    legs = []
-    if query.mode is not SearchMode.KEYWORD:
-        where = "c.namespace = $1" + ("" if filter_sql is None else f" AND {filter_sql}")
-        legs.append(_DENSE_LEG_SQL.format(embedding=param(query.embedding), where=where, depth=param(depth)))
-    if query.mode is not SearchMode.DENSE:
-        legs.append(
-            KEYWORD_LEG_SQL.format(
-                config=param(text_search_config),
-                text=param(query.text),
-                k1=f"{param(bm25.k1)}::float8",
-                b=f"{param(bm25.b)}::float8",
-                filter_join="" if filter_sql is None else KEYWORD_FILTER_JOIN_SQL.format(filter=filter_sql),
-                depth=param(depth),
-            )
-        )
-    if query.mode is SearchMode.HYBRID:
-        fused = _FUSED_SQL.format(
-            dense_weight=param(query.fusion.dense_weight),
-            keyword_weight=param(query.fusion.keyword_weight),
-            rrf_k=param(query.fusion.rrf_k),
-        )
-    elif query.mode is SearchMode.DENSE:
-        fused = _SINGLE_LEG_SQL.format(
-            leg="dense", dense_rank="rank", dense_score="score", keyword_rank="NULL", keyword_score="NULL"
-        )
+
+def dense_leg_sql(query: SearchQuery) -> tuple[str, list[object]]:
+    """The dense leg's statement and parameters: (id, cosine distance) of the nearest chunks."""
+    params: list[object] = [query.namespace, query.embedding, query.depth]
+    filter_sql = "" if query.filter is None else " AND " + compile_filter(query.filter, params, "c.metadata")
+    return _DENSE_LEG_SQL.format(filter=filter_sql), params
+
+
+def dense_ranking(rows: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """(chunk id, similarity) best first, by distance then id: the scan may return rows out of order."""
+    return [(chunk_id, 1 - distance) for chunk_id, distance in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+
+def fuse(
+    query: SearchQuery,
+    dense: Sequence[tuple[int, float]],
+    keyword: Sequence[tuple[int, float]],
+) -> list[Ranked]:
+    """The top_k chunks: one leg's order alone, or both fused by weighted RRF (ties to the older chunk)."""
+    dense_at = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(dense, start=1)}
+    keyword_at = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(keyword, start=1)}
+    if query.mode is SearchMode.DENSE:
+        ranked = [Ranked(c, s, dense_at[c], None) for c, s in dense]
+    elif query.mode is SearchMode.KEYWORD:
+        ranked = [Ranked(c, s, None, keyword_at[c]) for c, s in keyword]
     else:
-        fused = _SINGLE_LEG_SQL.format(
-            leg="keyword", dense_rank="NULL", dense_score="NULL", keyword_rank="rank", keyword_score="score"
-        )
-    return "WITH" + ",".join([*legs, fused]) + _HITS_SQL.format(top_k=param(query.top_k)), params
+        fusion = query.fusion
+        ranked = []
+        for chunk_id in dense_at.keys() | keyword_at.keys():
+            in_dense, in_keyword = dense_at.get(chunk_id), keyword_at.get(chunk_id)
+            score = 0.0
+            if in_dense is not None:
+                score += fusion.dense_weight / (fusion.rrf_k + in_dense[0])
+            if in_keyword is not None:
+                score += fusion.keyword_weight / (fusion.rrf_k + in_keyword[0])
+            ranked.append(Ranked(chunk_id, score, in_dense, in_keyword))
+        ranked.sort(key=lambda r: (-r.score, r.chunk_id))
+    return ranked[: query.top_k]

@@ -65,6 +65,11 @@ MAX_FAILURES_PER_CALL = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
+# A read replica whose replay lags the primary by more than this is taken out
+# of rotation until it catches up (store/replicas.py).
+DEFAULT_MAX_REPLICA_LAG_MS = 5000
+MAX_REPLICA_LAG_MS = 3_600_000
+
 # Connections to the database each replica keeps open at least and at most.
 DEFAULT_POOL_MIN_SIZE = 1
 DEFAULT_POOL_MAX_SIZE = 10

@@ -64,6 +64,9 @@ TABLES = (
     "rag_keyword_stats",
     "rag_settings",
     "rag_document_failures",
+    "rag_keyword_blocks",
+    "rag_keyword_unmerged",
+    "rag_chunk_lexemes",
 )
 
 SETUP_COMMAND = "python -m services.retriever.database_setup"
@@ -260,12 +263,62 @@ CREATE TABLE rag_document_failures (
 )
 """
 
+# The keyword index in blocks (see keyword_index.py for the layout and
+# keyword_search.py for the search it serves). Postings already stored stay in
+# rag_postings, which the search keeps reading, until the converter has moved
+# them: the migration itself is quick whatever the size of the database.
+# toast_tuple_target keeps a block's arrays (about 2 KB) in the table's own
+# pages; 8160 is the most PostgreSQL accepts for 8 KB pages.
+_CREATE_KEYWORD_BLOCKS = """
+CREATE TABLE rag_keyword_blocks (
+    namespace  text     NOT NULL,
+    id         bigint   GENERATED ALWAYS AS IDENTITY,
+    lexeme     text     NOT NULL,
+    postings   int      NOT NULL,
+    max_tf     int      NOT NULL,
+    min_length int      NOT NULL,
+    chunk_ids  bigint[] NOT NULL,
+    tfs        int[]    NOT NULL,
+    lengths    int[]    NOT NULL,
+    PRIMARY KEY (namespace, id)
+) WITH (toast_tuple_target = 8160);
+-- The headers a search reads, without touching the blocks.
+CREATE INDEX rag_keyword_blocks_lexeme ON rag_keyword_blocks (namespace, lexeme)
+    INCLUDE (id, postings, max_tf, min_length);
+-- Which blocks hold a chunk: for deletes and re-ingests.
+CREATE INDEX rag_keyword_blocks_chunks ON rag_keyword_blocks USING gin (chunk_ids);
+
+-- Lexemes with more than one run of blocks, merged when no fresh rows wait.
+CREATE TABLE rag_keyword_unmerged (
+    namespace text NOT NULL,
+    lexeme    text NOT NULL,
+    PRIMARY KEY (namespace, lexeme)
+);
+
+CREATE TABLE rag_chunk_lexemes (
+    namespace text     NOT NULL,
+    chunk_id  bigint   NOT NULL REFERENCES rag_chunks (id) ON DELETE CASCADE,
+    lexemes   tsvector NOT NULL,
+    length    int      NOT NULL,
+    -- Postings not in blocks yet: the compactor's queue.
+    fresh     boolean  NOT NULL,
+    -- chunk_id first: the cascade from rag_chunks looks rows up by it.
+    PRIMARY KEY (chunk_id, namespace)
+);
+-- The fresh chunks holding a query's lexemes, and the compactor's queue:
+-- partial, so they hold only what waits (a second or so of ingestion).
+CREATE INDEX rag_chunk_lexemes_fresh ON rag_chunk_lexemes
+    USING gin (tsvector_to_array(lexemes)) WHERE fresh;
+CREATE INDEX rag_chunk_lexemes_queue ON rag_chunk_lexemes (namespace, chunk_id) WHERE fresh;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
     Migration(2, "BM25 keyword index: postings and per-namespace statistics", _create_keyword_index),
     Migration(3, "chunk pages", _ADD_CHUNK_PAGES),
     Migration(4, "per-namespace index version", _ADD_INDEX_VERSION),
     Migration(5, "failure records of documents that could not be ingested", _CREATE_DOCUMENT_FAILURES),
+    Migration(6, "keyword index in blocks of postings, and each chunk's lexemes", _CREATE_KEYWORD_BLOCKS),
 )
 
 
@@ -276,8 +329,12 @@ async def migrate(
     hnsw_m: int,
     hnsw_ef_construction: int,
     text_search_config: str = DEFAULT_TEXT_SEARCH_CONFIG,
+    up_to: int | None = None,
 ) -> None:
-    """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings."""
+    """Bring the schema up to date, or raise RuntimeError if the stored schema does not fit the settings.
+
+    `up_to` stops after that migration: for tests of upgrades from an older schema.
+    """
     settings = SchemaSettings(dimension, hnsw_m, hnsw_ef_construction, text_search_config)
     await _require_server_version(conn)
     await _require_vector_extension(conn)
@@ -297,6 +354,8 @@ async def migrate(
         await _check_stored_text_search_config(conn, settings.text_search_config)
         applied = {row["version"] for row in await conn.fetch("SELECT version FROM rag_schema_migrations")}
         for migration in sorted(MIGRATIONS, key=lambda m: m.version):
+            if up_to is not None and migration.version > up_to:
+                break
             if migration.version not in applied:
                 await _apply(conn, migration, settings)
 

@@ -22,6 +22,9 @@ from services.retriever.store import ChunkStore
 
 log = logging.getLogger(__name__)
 
+# How often the keyword index's maintenance looks for work when it found none.
+KEYWORD_MAINTENANCE_IDLE_S = 1.0
+
 RETRY_FIRST_DELAY_S = 0.5
 RETRY_MAX_DELAY_S = 10.0
 UNREACHABLE = (
@@ -50,6 +53,7 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
         else None
     )
     servicer = RetrieverServicer(store, rerank)
+    background: list[asyncio.Task[None]] = []
 
     def register(server: grpc.aio.Server) -> None:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
@@ -67,8 +71,15 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
             log.info("loaded rerank model %s", settings.rerank_model)
         store.resolve(await _connect_when_reachable(settings))
         log.info("database ready; schema migrated (dimension %d)", settings.embedding_dimension)
+        background.append(asyncio.create_task(_maintain_keyword_index(store.value)))
+        if store.value.replicas:
+            background.append(asyncio.create_task(store.value.watch_replicas()))
+            log.info("read replicas: %s", ", ".join(r.name for r in store.value.replicas))
 
     async def stop() -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if store.ready:
             await store.value.close()
         if reranker.ready:
@@ -105,6 +116,8 @@ async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
                 max_pool_size=settings.pool_max_size,
                 pool_acquire_timeout_s=settings.pool_acquire_timeout_s,
                 statement_timeout_ms=settings.statement_timeout_ms,
+                read_dsns=settings.read_dsns,
+                max_replica_lag_ms=settings.max_replica_lag_ms,
             )
             await connected.ping()
             return connected
@@ -112,3 +125,20 @@ async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:
             log.warning("database not reachable (%s); retrying in %.1fs", type(error).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
+
+async def _maintain_keyword_index(store: ChunkStore) -> None:
+    """Compact fresh keyword blocks, and convert a database written before blocks, while the replica runs.
+
+    Every replica runs this; namespace locks keep two from compacting one
+    namespace at once. A failed round (the database restarting, say) is
+    logged and retried: searches stay exact without compaction, only slower.
+    """
+    while True:
+        try:
+            done = await store.maintain_keyword_index()
+        except Exception:
+            log.exception("keyword index maintenance failed; retrying in %.0fs", KEYWORD_MAINTENANCE_IDLE_S)
+            done = None
+        if done is None or not done.worked:
+            await asyncio.sleep(KEYWORD_MAINTENANCE_IDLE_S)

@@ -94,6 +94,10 @@ class RerankSettings:
     default_budget_ms: int
 
 
+# An index version is a bigint counter; a token beyond it is no token of ours.
+MAX_INDEX_VERSION = 2**63 - 1
+
+
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     def __init__(self, store: Deferred[ChunkStore], rerank: RerankSettings | None = None) -> None:
         self._store = store
@@ -110,6 +114,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         with timer.stage("upsert") as span:
             span.set_attribute("rag.retriever.documents", len(documents))
             outcomes = await self._store.value.upsert(request.namespace, documents)
+            # Read after the writes committed, on the primary: the caller's read-your-writes token.
+            version = await self._store.value.index_version(request.namespace)
         return retriever_pb2.UpsertResponse(
             results=[
                 retriever_pb2.UpsertResult(
@@ -118,6 +124,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 for o in outcomes
             ],
             timings=timer.to_proto(),
+            index_version=version,
         )
 
     async def Delete(
@@ -131,8 +138,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             documents, chunks = await self._store.value.delete(
                 request.namespace, list(request.document_ids), metadata_filter
             )
+            version = await self._store.value.index_version(request.namespace)
         return retriever_pb2.DeleteResponse(
-            deleted_documents=documents, deleted_chunks=chunks, timings=timer.to_proto()
+            deleted_documents=documents,
+            deleted_chunks=chunks,
+            timings=timer.to_proto(),
+            index_version=version,
         )
 
     async def Search(
@@ -142,6 +153,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         # The store checks top_k too, but it is given the rerank depth instead.
         require_top_k(request.top_k)
         mode = _search_mode(request.mode)
+        if request.HasField("min_index_version"):
+            require_range(request.min_index_version, "min_index_version", 0, MAX_INDEX_VERSION)
         metadata_filter: Filter | None = (
             filter_from_proto(request.filter) if request.HasField("filter") else None
         )
@@ -155,12 +168,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         )
         depth = max(request.top_k, rerank_plan.candidates) if rerank_plan else request.top_k
         timer = StageTimer(self._tracer, "rag.retriever")
-        # One SQL statement runs both legs and the fusion: the mode tells their latencies apart.
+        # The store times each leg and the fusion as stages within this one.
         mode_attribute = {"search.mode": mode.value}
         with timer.stage("search", mode_attribute) as span:
             span.set_attribute("rag.retriever.top_k", request.top_k)
             span.set_attribute("rag.retriever.mode", mode.value)
-            hits = await store.search(
+            searched = await store.search_at(
                 request.namespace,
                 depth,
                 mode=mode,
@@ -170,7 +183,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 filter=metadata_filter,
                 ef_search=request.ef_search if request.HasField("ef_search") else None,
                 fusion=fusion,
+                timer=timer,
+                min_index_version=(
+                    request.min_index_version if request.HasField("min_index_version") else None
+                ),
             )
+            hits = searched.hits
         reranked = rerank_stage.Reranked(hits[: request.top_k], reranked=False, timed_out=False)
         if rerank_plan is not None and self._rerank is not None:
             with timer.stage("rerank") as span:
@@ -186,6 +204,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             reranked=reranked.reranked,
             rerank_timed_out=reranked.timed_out,
             timings=timer.to_proto(),
+            index_version=searched.index_version,
         )
 
     async def GetDocumentHashes(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tests.k8s.objects import pod_spec
-from tests.k8s.rendering import Manifest
+from tests.k8s.rendering import Manifest, Rendered
 
 API_KEYS_SECRET = "rag-api-keys"
 API_KEYS_KEY = "keys.json"
@@ -29,6 +29,18 @@ OUT_OF_BAND_SECRETS = {
     LLM_SECRET,
     POSTGRES_CA_SECRET,
 }
+
+
+def operator_secrets(render: Rendered) -> set[str]:
+    """The Secrets the CloudNativePG operator generates for each rendered Cluster: its CA, the
+    database owner's credentials and, with enableSuperuserAccess, the superuser's."""
+    names: set[str] = set()
+    for cluster in render.all("Cluster"):
+        name = cluster["metadata"]["name"]
+        names |= {f"{name}-ca", f"{name}-app"}
+        if cluster["spec"].get("enableSuperuserAccess"):
+            names.add(f"{name}-superuser")
+    return names
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The database: the retriever connects as its own role, not the superuser; a Job creates that role
 with the admin credentials, which no service holds; an external database is reached over TLS that
-verifies the server (asyncpg reads libpq's PGSSLMODE and PGSSLROOTCERT)."""
+verifies the server (asyncpg reads libpq's PGSSLMODE and PGSSLROOTCERT). With the cloudnative-pg
+component the admin credentials are the Cluster's superuser's, which its operator generates
+(tests/k8s/test_cloudnative_pg.py checks that wiring in full)."""
 
 from __future__ import annotations
 
@@ -43,11 +45,29 @@ def _database_keys_read(workload: Manifest) -> set[str]:
     return keys
 
 
+def _cluster_superuser_secret(render: Rendered) -> str | None:
+    """The Secret of a CloudNativePG Cluster's superuser, which its operator generates; None without one."""
+    clusters = render.all("Cluster")
+    return f"{clusters[0]['metadata']['name']}-superuser" if clusters else None
+
+
+def _reads_secret(workload: Manifest, secret: str | None) -> bool:
+    pod = pod_spec(workload)
+    refs = (
+        item.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+        for container in pod["containers"]
+        for item in container.get("env", [])
+    )
+    volumes = (volume.get("secret", {}).get("secretName") for volume in pod.get("volumes", []))
+    return secret is not None and secret in {*refs, *volumes}
+
+
 def test_only_the_setup_job_and_postgres_hold_the_admin_credentials(render: Rendered) -> None:
+    superuser = _cluster_superuser_secret(render)
     readers = {
         workload["metadata"]["name"]
         for workload in render.workloads()
-        if _database_keys_read(workload) & (ADMIN_KEYS | {"*"})
+        if _database_keys_read(workload) & (ADMIN_KEYS | {"*"}) or _reads_secret(workload, superuser)
     }
     assert DATABASE_SETUP in readers, render.name
     # PostgreSQL's own container sets the superuser's password on first start.
@@ -55,7 +75,14 @@ def test_only_the_setup_job_and_postgres_hold_the_admin_credentials(render: Rend
 
 
 def test_retriever_connects_as_its_own_role(render: Rendered) -> None:
-    container = only_container(render.one("Deployment", RETRIEVER.name))
+    deployment = render.one("Deployment", RETRIEVER.name)
+    container = only_container(deployment)
+    if render.all("Cluster"):
+        # A URL with no password, which PGPASSWORD holds: the one the Job sets.
+        dsn = urlsplit(workload_env(render, deployment)["DATABASE_URL"])
+        assert (dsn.username, dsn.password) == (RETRIEVER_ROLE, None), render.name
+        assert secret_key_ref(container, "PGPASSWORD") == (DATABASE_SECRET, RETRIEVER_PASSWORD), render.name
+        return
     assert secret_key_ref(container, "DATABASE_URL") == (DATABASE_SECRET, RETRIEVER_DSN), render.name
     secret = render.get("Secret", DATABASE_SECRET)
     if secret is None:
@@ -81,7 +108,11 @@ def test_setup_job_creates_the_role_with_the_admin_credentials(render: Rendered)
     assert container.get("command") == SETUP_COMMAND.split(), render.name
     # The same code, and schema version, as the retriever that migrates afterwards.
     assert container["image"] == only_container(retriever)["image"], render.name
-    assert secret_key_ref(container, ADMIN_URL_VARIABLE) == (DATABASE_SECRET, ADMIN_DSN), render.name
+    superuser = _cluster_superuser_secret(render)
+    if superuser is None:
+        assert secret_key_ref(container, ADMIN_URL_VARIABLE) == (DATABASE_SECRET, ADMIN_DSN), render.name
+    else:
+        assert secret_key_ref(container, "PGPASSWORD") == (superuser, "password"), render.name
     password_file = workload_env(render, job).get(PASSWORD_FILE_VARIABLE, "")
     assert secret_file(job, container, password_file) == SecretFile(
         DATABASE_SECRET, RETRIEVER_PASSWORD, sub_path=False

@@ -15,7 +15,7 @@ def test_every_overlay_is_rendered_with_every_component() -> None:
     overlays = {p.parent.name for p in (k8s / "overlays").glob("*/kustomization.yaml")}
     components = {p.parent.name for p in (k8s / "components").glob("*/kustomization.yaml")}
     assert {"dev", "prod"} <= overlays
-    assert {"network-policies", "external-postgres", "embedder-queue-autoscaling"} <= components
+    assert {"network-policies", "external-postgres", "embedder-queue-autoscaling", "monitoring"} <= components
     names = {r.name for r in RENDERS}
     for overlay in overlays:
         assert f"overlays/{overlay}" in names

@@ -59,16 +59,27 @@ def test_autoscalers_and_disruption_budgets(render: Rendered) -> None:
             assert render.one("PodDisruptionBudget", service)["spec"].get("minAvailable") == 2
 
 
-def test_database_connections_fit_postgres(render: Rendered) -> None:
+def _max_connections(render: Rendered) -> int | None:
+    """PostgreSQL's max_connections: the StatefulSet's, or every instance's of a CloudNativePG Cluster
+    (the standbys take the read pools); None for a database deployed elsewhere."""
     statefulset = render.get("StatefulSet", "postgres")
-    if statefulset is None:
+    if statefulset is not None:
+        args = only_container(statefulset).get("args", [])
+        for flag, value in itertools.pairwise(args):
+            if flag == "-c" and value.startswith("max_connections="):
+                return int(value.partition("=")[2])
+        return POSTGRES_DEFAULT_MAX_CONNECTIONS
+    for cluster in render.all("Cluster"):
+        parameters = cluster["spec"].get("postgresql", {}).get("parameters", {})
+        return int(parameters.get("max_connections", POSTGRES_DEFAULT_MAX_CONNECTIONS))
+    return None
+
+
+def test_database_connections_fit_postgres(render: Rendered) -> None:
+    max_connections = _max_connections(render)
+    if max_connections is None:
         assert "external-postgres" in render.name, f"{render.name}: no PostgreSQL"
         return
-    args = only_container(statefulset).get("args", [])
-    max_connections = POSTGRES_DEFAULT_MAX_CONNECTIONS
-    for flag, value in itertools.pairwise(args):
-        if flag == "-c" and value.startswith("max_connections="):
-            max_connections = int(value.partition("=")[2])
     hpa = next(
         (
             h

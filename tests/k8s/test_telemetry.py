@@ -51,15 +51,25 @@ def test_metrics_are_served_and_scraped(render: Rendered, service: ServiceSpec) 
     assert int(env["OTEL_EXPORTER_PROMETHEUS_PORT"]) == METRICS_PORT, where
     assert container_ports(deployment)["metrics"] == METRICS_PORT, where
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
-    assert annotations.get("prometheus.io/scrape") == "true", where
-    assert annotations.get("prometheus.io/port") == str(METRICS_PORT), where
-    assert annotations.get("prometheus.io/path") == "/metrics", where
-    if render.all("NetworkPolicy"):
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
+    if render.all("PodMonitor"):
+        # The monitoring component's PodMonitors scrape instead (tests/k8s/test_monitoring.py).
+        assert not any(key.startswith("prometheus.io/") for key in annotations), where
+    else:
+        assert annotations.get("prometheus.io/scrape") == "true", where
+        assert annotations.get("prometheus.io/port") == str(METRICS_PORT), where
+        assert annotations.get("prometheus.io/path") == "/metrics", where
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # The policies that select the pod for ingress; with none, nothing is refused to it.
+    isolating = [
+        policy
+        for policy in render.all("NetworkPolicy")
+        if selects_by_expression(policy["spec"]["podSelector"], labels)
+        and "Ingress" in policy["spec"].get("policyTypes", ["Ingress"])
+    ]
+    if isolating:
         admits_scrape = [
             policy["metadata"]["name"]
-            for policy in render.all("NetworkPolicy")
-            if selects_by_expression(policy["spec"]["podSelector"], labels)
+            for policy in isolating
             for rule in policy["spec"].get("ingress", [])
             if port_allowed(rule, METRICS_PORT, "TCP")
             and any("namespaceSelector" in peer for peer in rule.get("from", []))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.common.registry import upstream_target_variable
-from tests.k8s.credentials import OUT_OF_BAND_SECRETS
+from tests.k8s.credentials import OUT_OF_BAND_SECRETS, operator_secrets
 from tests.k8s.objects import (
     container_ports,
     parse_target,
@@ -86,8 +86,11 @@ def test_referenced_config_maps_and_secrets_exist(render: Rendered) -> None:
             obj = render.get(kind, ref_name)
             if obj is None:
                 assert kind == "Secret", f"{name}: no {kind} {ref_name}"
-                # Created out of band (README "Deploying on Kubernetes").
-                assert ref_name in OUT_OF_BAND_SECRETS, f"{name}: no Secret {ref_name}"
+                # Created out of band (README "Deploying on Kubernetes"), or by the CloudNativePG
+                # operator for a Cluster.
+                assert ref_name in OUT_OF_BAND_SECRETS | operator_secrets(render), (
+                    f"{name}: no Secret {ref_name}"
+                )
                 continue
             values = (obj.get("data") or {}) if kind == "ConfigMap" else secret_values(obj)
             assert ref_key is None or ref_key in values, f"{name}: {kind} {ref_name} lacks {ref_key}"

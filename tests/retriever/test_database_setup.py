@@ -85,10 +85,11 @@ async def test_the_setup_runs_again_without_changing_what_is_stored(
         await store.close()
 
     async with connected(admin) as conn:
-        # The migrations made exactly schema.TABLES, and the role owns each, with its sequence.
+        # The migrations made exactly schema.TABLES, and the role owns each, with their sequences.
         assert await owners(conn, RETRIEVER_SCHEMA) == {
             **dict.fromkeys(TABLES, RETRIEVER_ROLE),
             "rag_chunks_id_seq": RETRIEVER_ROLE,
+            "rag_keyword_blocks_id_seq": RETRIEVER_ROLE,
         }
         assert await owners(conn, "public") == {}
         assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1

@@ -100,13 +100,13 @@ async def test_fusion_fields_left_unset_take_the_server_defaults(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[Fusion | None] = []
-    search = store.search
+    search = store.search_at
 
     async def spy(*args: Any, fusion: Fusion | None = None, **kwargs: Any) -> Any:
         seen.append(fusion)
         return await search(*args, fusion=fusion, **kwargs)
 
-    monkeypatch.setattr(store, "search", spy)
+    monkeypatch.setattr(store, "search_at", spy)
     fusion = common_pb2.FusionParams(keyword_weight=0.0, candidate_depth=2)
 
     response = await retriever.Search(request(namespace, fusion=fusion))

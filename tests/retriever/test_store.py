@@ -15,8 +15,7 @@ import pytest
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.limits import EMPTY_DELETE, MAX_METADATA_BYTES
 from services.retriever.filters import AnyOf, FieldEquals, NumberRange
-from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, search_sql
-from services.retriever.keyword import Bm25
+from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, dense_leg_sql
 from services.retriever.limits import DEFAULT_EF_SEARCH
 from services.retriever.schema import MIGRATIONS, migrate
 from services.retriever.store import ChunkStore
@@ -580,23 +579,34 @@ async def hnsw_store(make_database: MakeDatabase) -> Any:
 @pytest.mark.parametrize("mode", [SearchMode.DENSE, SearchMode.HYBRID])
 async def test_the_dense_leg_uses_the_hnsw_index(hnsw_store: Any, mode: SearchMode) -> None:
     _, vectors, conn = hnsw_store
-    plan = await explain(conn, mode, str(vectors[0].tolist()))
+    query = SearchQuery(
+        "hnsw",
+        mode,
+        10,
+        str(vectors[0].tolist()),
+        "text 7",
+        FieldEquals("bucket", 7),
+        Fusion(),
+        DEFAULT_EF_SEARCH,
+    )
+    sql, params = dense_leg_sql(query)
+    plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
     assert "Index Scan using rag_chunks_embedding_hnsw" in plan
 
 
-@pytest.mark.parametrize("mode", [SearchMode.KEYWORD, SearchMode.HYBRID])
-async def test_the_keyword_leg_reads_only_the_postings_index(hnsw_store: Any, mode: SearchMode) -> None:
-    _, vectors, conn = hnsw_store
-    plan = await explain(conn, mode, str(vectors[0].tolist()))
-    assert "Index Only Scan using rag_postings_pkey" in plan
-
-
-async def explain(conn: asyncpg.Connection, mode: SearchMode, embedding: str) -> str:
-    query = SearchQuery(
-        "hnsw", mode, 10, embedding, "text 7", FieldEquals("bucket", 7), Fusion(), DEFAULT_EF_SEARCH
+async def test_the_keyword_leg_reads_block_headers_from_the_index_alone(hnsw_store: Any) -> None:
+    _, _, conn = hnsw_store
+    await conn.execute("VACUUM rag_keyword_blocks")
+    plan = "\n".join(
+        row[0]
+        for row in await conn.fetch(
+            "EXPLAIN SELECT b.lexeme, b.id, b.postings, b.max_tf, b.min_length FROM rag_keyword_blocks b"
+            " WHERE b.namespace = $1 AND b.lexeme = ANY ($2::text[])",
+            "hnsw",
+            ["text", "7"],
+        )
     )
-    sql, params = search_sql(query, "english", Bm25())
-    return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
+    assert "Index Only Scan using rag_keyword_blocks_lexeme" in plan
 
 
 @pytest.mark.parametrize("top_k", [1, 10, 50])

@@ -27,7 +27,8 @@ from tests.retriever.test_store import document, wait_until_blocked
 SHORT_STATEMENT_TIMEOUT_MS = 1000
 SHORT_ACQUIRE_TIMEOUT_S = 0.2
 
-DELETE_WAITING = "%DELETE FROM rag_documents d%"
+# A delete first locks the documents it takes (store/writes.py).
+DELETE_WAITING = "%SELECT d.document_id FROM rag_documents d%FOR UPDATE%"
 
 
 @asynccontextmanager

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+from opentelemetry import trace
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unavailable
 from services.common.limits import require_delete_selection
+from services.common.timing import StageTimer
 from services.common.validation import require_namespace
+from services.retriever import keyword_index
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode, require_fusion
 from services.retriever.keyword import Bm25
+from services.retriever.keyword_index import MaintenanceRound
 from services.retriever.limits import (
     DEFAULT_EF_SEARCH,
+    DEFAULT_MAX_REPLICA_LAG_MS,
     DEFAULT_PAGE_SIZE,
     DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
     DEFAULT_POOL_MAX_SIZE,
@@ -46,9 +52,11 @@ from services.retriever.store.records import (
     Embedding,
     FailureInput,
     Hit,
+    Searched,
     StoredDocument,
     UpsertOutcome,
 )
+from services.retriever.store.replicas import ReadReplicas, Replica
 
 
 class ChunkStore:
@@ -81,6 +89,7 @@ class ChunkStore:
         bm25: Bm25 | None = None,
         default_fusion: Fusion | None = None,
         pool_acquire_timeout_s: float = DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
+        replicas: ReadReplicas | None = None,
     ) -> None:
         if not 1 <= dimension <= MAX_INDEXED_DIMENSION:
             raise ValueError(f"dimension must be 1..{MAX_INDEXED_DIMENSION}, got {dimension}")
@@ -100,6 +109,7 @@ class ChunkStore:
         self._text_search_config = text_search_config
         self._bm25 = bm25 or Bm25()
         self._default_fusion = default_fusion
+        self._replicas = replicas or ReadReplicas([], DEFAULT_MAX_REPLICA_LAG_MS)
 
     @classmethod
     async def connect(
@@ -118,12 +128,17 @@ class ChunkStore:
         pool_acquire_timeout_s: float = DEFAULT_POOL_ACQUIRE_TIMEOUT_S,
         statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
         server_settings: Mapping[str, str] | None = None,
+        read_dsns: Sequence[str] = (),
+        max_replica_lag_ms: int = DEFAULT_MAX_REPLICA_LAG_MS,
     ) -> ChunkStore:
         """Migrate the schema, then open a pool whose connections speak `vector` and `jsonb`.
 
         `server_settings` adds session settings for every connection (e.g.
         planner settings); see connection.session_settings for the defaults.
         `statement_timeout_ms` is the pooled connections' statement_timeout.
+        `read_dsns` are read replicas of the same database (see replicas.py):
+        their pools connect on first use, so a replica that is down delays
+        nothing; run `watch_replicas()` to put them in rotation.
         RuntimeError when the database cannot hold what the settings ask for:
         another embedding dimension, or a text search configuration it does
         not have or did not build the keyword index with; or when it was not
@@ -157,8 +172,22 @@ class ChunkStore:
             max_size=max_pool_size,
             statement_timeout_ms=statement_timeout_ms,
         )
+        replicas = [
+            Replica(
+                _host_of(read_dsn),
+                await create_pool(
+                    read_dsn,
+                    settings,
+                    min_size=0,
+                    max_size=max_pool_size,
+                    statement_timeout_ms=statement_timeout_ms,
+                ),
+            )
+            for read_dsn in read_dsns
+        ]
         return cls(
             pool,
+            replicas=ReadReplicas(replicas, max_replica_lag_ms),
             dimension=dimension,
             default_ef_search=default_ef_search,
             text_search_config=text_search_config,
@@ -177,7 +206,20 @@ class ChunkStore:
         return self._default_fusion
 
     async def close(self) -> None:
+        await self._replicas.close()
         await self._pool.close()
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self._replicas.all
+
+    async def check_replicas(self) -> None:
+        """Put each read replica in or out of rotation now (watch_replicas does it every second)."""
+        await self._replicas.check(self._pool)
+
+    async def watch_replicas(self) -> None:
+        """Keep the read replicas' rotation current, for as long as the store is open (a task)."""
+        await self._replicas.watch(self._pool)
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return acquire(self._pool, self._acquire_timeout_s)
@@ -232,12 +274,45 @@ class ChunkStore:
         ef_search: int | None = None,
         fusion: Fusion | None = None,
     ) -> list[Hit]:
-        """The top_k chunks for the query, best first.
+        """The top_k chunks for the query, best first: search_at's hits."""
+        searched = await self.search_at(
+            namespace,
+            top_k,
+            mode=mode,
+            embedding=embedding,
+            text=text,
+            filter=filter,
+            ef_search=ef_search,
+            fusion=fusion,
+        )
+        return searched.hits
+
+    async def search_at(
+        self,
+        namespace: str,
+        top_k: int,
+        *,
+        mode: SearchMode = SearchMode.HYBRID,
+        embedding: Embedding | None = None,
+        text: str | None = None,
+        filter: Filter | None = None,
+        ef_search: int | None = None,
+        fusion: Fusion | None = None,
+        timer: StageTimer | None = None,
+        min_index_version: int | None = None,
+    ) -> Searched:
+        """The top_k chunks for the query, best first, and the index version they were found at.
 
         DENSE ranks by cosine similarity to `embedding` (score = 1 - distance),
         KEYWORD by BM25 over `text`, HYBRID fuses both (see hybrid.py; `fusion`
         unset takes the store's defaults). Each hit carries its rank and score
-        in each leg that found it. `filter` applies to every leg.
+        in each leg that found it. `filter` applies to every leg. `timer`, when
+        given, times each leg and the fusion as its stages.
+
+        A read replica in rotation runs it when one is; a replica that fails,
+        or whose snapshot holds an index version below `min_index_version`,
+        hands it to the primary, whose data is always recent enough: the
+        version came from a write it committed.
         """
         query = validation.prepare_search(
             namespace,
@@ -250,8 +325,23 @@ class ChunkStore:
             fusion=fusion or self._default_fusion,
             dimension=self._dimension,
         )
+        timer = timer or StageTimer(trace.get_tracer(__name__), "rag.retriever")
+        for replica in self._replicas.in_turn():
+            try:
+                async with acquire(replica.pool, self._acquire_timeout_s) as conn:
+                    searched = await reads.search(
+                        conn, query, self._text_search_config, self._bm25, timer, min_index_version
+                    )
+            except Unavailable as error:
+                self._replicas.failed(replica, error)
+                continue
+            if searched is not None:
+                return searched
+            break  # behind the caller's write: the primary has it
         async with self._connection() as conn:
-            return await reads.search(conn, query, self._text_search_config, self._bm25)
+            primary = await reads.search(conn, query, self._text_search_config, self._bm25, timer)
+        assert primary is not None  # no minimum asked of the primary
+        return primary
 
     async def search_dense(
         self,
@@ -272,6 +362,16 @@ class ChunkStore:
     ) -> list[Hit]:
         """The top_k chunks by BM25 score for `text`."""
         return await self.search(namespace, top_k, mode=SearchMode.KEYWORD, text=text, filter=filter)
+
+    async def maintain_keyword_index(self) -> MaintenanceRound:
+        """One batch of keyword index compaction (and conversion) per namespace waiting for it."""
+        async with self._connection() as conn:
+            return await keyword_index.maintain(conn, self._text_search_config)
+
+    async def compact_keyword_index(self) -> MaintenanceRound:
+        """Compact and convert until nothing waits: after a bulk load, or in tests and benchmarks."""
+        async with self._connection() as conn:
+            return await keyword_index.maintain_until_done(conn, self._text_search_config)
 
     async def stored_documents(self, namespace: str, document_ids: Sequence[str]) -> list[StoredDocument]:
         """What is stored for these ids, in the order asked; ids not stored are absent."""
@@ -326,5 +426,18 @@ class ChunkStore:
         require_page_size(page_size)
         if "\x00" in after:
             raise InvalidArgument("after must not contain NUL characters", field="after")
+        for replica in self._replicas.in_turn():
+            try:
+                async with acquire(replica.pool, self._acquire_timeout_s) as conn:
+                    return await reads.list_documents(conn, namespace, state, page_size, after)
+            except Unavailable as error:
+                self._replicas.failed(replica, error)
         async with self._connection() as conn:
             return await reads.list_documents(conn, namespace, state, page_size, after)
+
+
+def _host_of(dsn: str) -> str:
+    """A replica's name for the logs: its host and port, never its password."""
+    parsed = urlsplit(dsn)
+    query_host = parse_qs(parsed.query).get("host", [""])[0]
+    return f"{parsed.hostname or query_host or 'local'}:{parsed.port or 5432}"

@@ -9,9 +9,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+from opentelemetry import trace
 
-from services.retriever.hybrid import DENSE_SEARCH_SETTINGS_SQL, SearchMode, SearchQuery, search_sql
+from services.common.timing import StageTimer
+from services.retriever.hybrid import (
+    DENSE_SEARCH_SETTINGS_SQL,
+    HITS_SQL,
+    Ranked,
+    SearchMode,
+    SearchQuery,
+    dense_leg_sql,
+    dense_ranking,
+    fuse,
+)
 from services.retriever.keyword import Bm25
+from services.retriever.keyword_search import KeywordLeg, search_keyword
 from services.retriever.store.records import (
     DocumentFailure,
     DocumentInfo,
@@ -19,6 +31,7 @@ from services.retriever.store.records import (
     DocumentState,
     Hit,
     LegScore,
+    Searched,
     StoredDocument,
 )
 
@@ -60,18 +73,63 @@ ORDER BY f.document_id""",
 
 
 async def search(
-    conn: asyncpg.Connection, query: SearchQuery, text_search_config: str, bm25: Bm25
-) -> list[Hit]:
-    """The query's hits, best first, in one statement (see hybrid.py)."""
-    sql, params = search_sql(query, text_search_config, bm25)
-    if query.mode is SearchMode.KEYWORD:
-        rows = await conn.fetch(sql, *params)
-    else:
-        # The HNSW settings are transaction-local: they end with the search.
-        async with conn.transaction(readonly=True):
-            await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(query.ef_search))
-            rows = await conn.fetch(sql, *params)
-    return [_hit(row) for row in rows]
+    conn: asyncpg.Connection,
+    query: SearchQuery,
+    text_search_config: str,
+    bm25: Bm25,
+    timer: StageTimer,
+    min_index_version: int | None = None,
+) -> Searched | None:
+    """The query's hits, best first: each leg, then fusion and the hits' fields, each a stage of `timer`.
+
+    One REPEATABLE READ transaction, so every statement reads the same
+    snapshot: the keyword leg's statistics and blocks agree, a chunk a leg
+    found is still there when its fields are fetched, and the index version
+    returned is the one of the data searched. None, before any leg runs, when
+    that version is below `min_index_version` (a replica behind a write the
+    caller has seen). The HNSW settings are transaction-local: they end with
+    the search.
+    """
+    dense: list[tuple[int, float]] = []
+    keyword: list[tuple[int, float]] = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await index_version(conn, query.namespace)
+        if min_index_version is not None and version < min_index_version:
+            return None
+        if query.mode is not SearchMode.KEYWORD:
+            with timer.stage("dense", {"search.mode": query.mode.value}):
+                await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(query.ef_search))
+                sql, params = dense_leg_sql(query)
+                nearest = await conn.fetch(sql, *params)
+                dense = dense_ranking([(row["id"], row["distance"]) for row in nearest])
+        if query.mode is not SearchMode.DENSE:
+            assert query.text is not None
+            with timer.stage("keyword", {"search.mode": query.mode.value}) as span:
+                leg = await search_keyword(
+                    conn,
+                    query.namespace,
+                    query.text,
+                    query.depth,
+                    text_search_config=text_search_config,
+                    bm25=bm25,
+                    filter=query.filter,
+                )
+                _describe_keyword_leg(span, leg)
+                keyword = list(zip(leg.chunk_ids, leg.scores, strict=True))
+        with timer.stage("fusion", {"search.mode": query.mode.value}):
+            ranked = fuse(query, dense, keyword)
+            rows = await conn.fetch(HITS_SQL, [r.chunk_id for r in ranked])
+    fields = {row["id"]: row for row in rows}
+    return Searched([_hit(fields[r.chunk_id], r) for r in ranked], version)
+
+
+def _describe_keyword_leg(span: trace.Span, leg: KeywordLeg) -> None:
+    span.set_attribute("rag.retriever.keyword.terms", leg.terms)
+    span.set_attribute("rag.retriever.keyword.blocks", leg.blocks)
+    span.set_attribute("rag.retriever.keyword.blocks_read", leg.blocks_read)
+    span.set_attribute("rag.retriever.keyword.postings_read", leg.postings_read)
+    span.set_attribute("rag.retriever.keyword.chunks_scored", leg.chunks_scored)
+    span.set_attribute("rag.retriever.keyword.terminated_early", leg.terminated_early)
 
 
 async def stored_documents(
@@ -104,22 +162,22 @@ async def list_documents(
     return DocumentPage(documents, documents[-1].document_id if more else None)
 
 
-def _hit(row: asyncpg.Record) -> Hit:
+def _hit(row: asyncpg.Record, ranked: Ranked) -> Hit:
     return Hit(
         document_id=row["document_id"],
         chunk_index=row["chunk_index"],
         text=row["text"],
         title=row["title"],
         metadata=row["metadata"],
-        score=float(row["score"]),
-        dense=_leg_score(row["dense_rank"], row["dense_score"]),
-        keyword=_leg_score(row["keyword_rank"], row["keyword_score"]),
+        score=ranked.score,
+        dense=_leg_score(ranked.dense),
+        keyword=_leg_score(ranked.keyword),
         pages=tuple(row["pages"]),
     )
 
 
-def _leg_score(rank: int | None, score: float | None) -> LegScore | None:
-    return None if rank is None or score is None else LegScore(int(rank), float(score))
+def _leg_score(place: tuple[int, float] | None) -> LegScore | None:
+    return None if place is None else LegScore(place[0], place[1])
 
 
 def _document_info(row: asyncpg.Record) -> DocumentInfo:

@@ -125,3 +125,11 @@ class DocumentPage:
     documents: list[DocumentInfo]
     # The last document id of this page when more follow, to pass as `after`; None on the last page.
     next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Searched:
+    """A search's hits, best first, and the namespace's index version in the snapshot searched."""
+
+    hits: list[Hit]
+    index_version: int

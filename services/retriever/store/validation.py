@@ -20,7 +20,7 @@ import numpy.typing as npt
 from services.common.errors import InvalidArgument
 from services.common.limits import require_document_id, require_metadata_bytes, require_top_k
 from services.common.validation import require_namespace, require_range, require_text
-from services.retriever.filters import Filter
+from services.retriever.filters import Filter, validate_filter
 from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, require_fusion
 from services.retriever.limits import (
     MAX_CHUNKS_PER_DOCUMENT,
@@ -104,6 +104,10 @@ def prepare_search(
     require_namespace(namespace)
     require_top_k(top_k)
     require_ef_search(ef_search)
+    # Checked here, not only when compiled: a leg may find nothing to search
+    # (an empty namespace, a query of stop words) and never compile it.
+    if filter is not None:
+        validate_filter(filter)
     return SearchQuery(
         namespace=namespace,
         mode=mode,

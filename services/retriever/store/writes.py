@@ -3,10 +3,11 @@
 Each function takes a connection (to the primary) and input the store has
 already validated. A write that changes what a search can find also moves the
 namespace's keyword statistics and bumps its index version, in the same
-transaction (see keyword.py for what the postings and statistics are).
+transaction (see keyword_index.py for the postings and their blocks).
 
-Every writer takes its row locks in one order, so none can deadlock another:
-the document row, then failure records in document id order, then the
+Every writer takes its locks in one order, so none can deadlock another: the
+document row, then failure records in document id order, then the namespace's
+keyword lock (shared) and the blocks holding the chunks going, then the
 namespace's statistics row, last, held only until commit.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from services.common.errors import Unavailable
+from services.retriever import keyword_index
 from services.retriever.filters import Filter, compile_filter
 from services.retriever.store.records import FailureInput, UpsertOutcome, UpsertStatus
 from services.retriever.store.validation import PreparedDocument
@@ -59,44 +61,45 @@ _CHUNK_COLUMNS = (
     "embedding",
 )
 
-# After a document's chunks are written: index them and move the namespace's
-# statistics, in one statement. $1 namespace, $2 document id, $3 text search
-# config, $4 title, $5 chunks added minus chunks removed, $6 the keyword length
-# of the version replaced (0 for a new document). The statistics row is the
-# one every writer of the namespace updates, so it comes last in the
-# transaction: the row lock is held only until commit. The same update bumps
-# the namespace's index version: the lock orders the bumps as the commits, so
-# no two writes share a version and a version seen means its write is visible.
-_INDEX_DOCUMENT_SQL = """
-WITH postings AS (
-    INSERT INTO rag_postings (chunk_id, namespace, lexeme, tf, chunk_length)
-    SELECT c.id, c.namespace, t.lexeme, cardinality(t.positions),
-           sum(cardinality(t.positions)) OVER (PARTITION BY c.id)
-    FROM rag_chunks c
-    CROSS JOIN unnest(to_tsvector($3::regconfig, $4 || ' ' || c.text)) AS t
-    WHERE c.namespace = $1 AND c.document_id = $2
-    RETURNING tf
-),
-indexed AS (
-    SELECT coalesce(sum(tf), 0)::bigint AS length FROM postings
-),
-document AS (
-    UPDATE rag_documents d SET keyword_length = i.length
-    FROM indexed i
-    WHERE d.namespace = $1 AND d.document_id = $2
+# After a document's chunks are indexed (keyword_index.INDEX_DOCUMENT_SQL):
+# move the namespace's statistics. $1 namespace, $2 document id, $3 the
+# document's keyword length, $4 chunks added minus chunks removed, $5 the
+# keyword length of the version replaced (0 for a new document). The
+# statistics row is the one every writer of the namespace updates, so it
+# comes last in the transaction: the row lock is held only until commit. The
+# same update bumps the namespace's index version: the lock orders the bumps
+# as the commits, so no two writes share a version and a version seen means
+# its write is visible.
+_MOVE_STATISTICS_SQL = """
+WITH document AS (
+    UPDATE rag_documents SET keyword_length = $3::bigint WHERE namespace = $1 AND document_id = $2
 )
 INSERT INTO rag_keyword_stats AS s (namespace, chunks, total_length, version)
-SELECT $1, $5, i.length - $6, 1 FROM indexed i
+VALUES ($1, $4::bigint, $3::bigint - $5::bigint, 1)
 ON CONFLICT (namespace) DO UPDATE
 SET chunks = s.chunks + excluded.chunks,
     total_length = s.total_length + excluded.total_length,
     version = s.version + 1
 """
 
-# Deletes documents (their chunks and postings go by cascade), clears their
-# failure records and those of the ids in $2 (stored or not), and takes them
-# out of the namespace's statistics, bumping its index version when a stored
-# document went. {selection} is SQL from our code.
+# The documents a delete takes, locked, and their chunks (whose postings go
+# from the blocks before the documents go). {selection} is SQL from our code.
+_LOCK_DOCUMENTS_SQL = """
+WITH locked AS (
+    SELECT d.document_id FROM rag_documents d
+    WHERE d.namespace = $1 AND ({selection})
+    ORDER BY d.document_id
+    FOR UPDATE
+)
+SELECT (SELECT coalesce(array_agg(document_id), '{{}}') FROM locked) AS document_ids,
+       (SELECT coalesce(array_agg(c.id), '{{}}') FROM rag_chunks c
+        WHERE c.namespace = $1 AND c.document_id IN (SELECT document_id FROM locked)) AS chunk_ids
+"""
+
+# Deletes the documents in $3, locked by _LOCK_DOCUMENTS_SQL (their chunks and
+# the chunks' lexemes go by cascade), clears their failure records and those
+# of the ids in $2 (stored or not), and takes them out of the namespace's
+# statistics, bumping its index version when a stored document went.
 #
 # Rows are locked in the order every writer takes them: documents, then
 # failure records in document id order (as _RECORD_FAILURES_SQL writes them),
@@ -105,7 +108,7 @@ SET chunks = s.chunks + excluded.chunks,
 # unreferenced CTEs last, in an order of its own.
 _DELETE_DOCUMENTS_SQL = """
 WITH deleted AS (
-    DELETE FROM rag_documents d WHERE d.namespace = $1 AND ({selection})
+    DELETE FROM rag_documents d WHERE d.namespace = $1 AND d.document_id = ANY ($3::text[])
     RETURNING d.document_id, d.chunk_count, d.keyword_length
 ),
 failures AS (
@@ -166,7 +169,12 @@ async def delete(
     selection = "d.document_id = ANY($2::text[])"
     if filter is not None:
         selection += " OR " + compile_filter(filter, params, "d.metadata")
-    row = await conn.fetchrow(_DELETE_DOCUMENTS_SQL.format(selection=selection), *params)
+    async with conn.transaction():
+        locked = await conn.fetchrow(_LOCK_DOCUMENTS_SQL.format(selection=selection), *params)
+        await keyword_index.remove_chunks(conn, namespace, locked["chunk_ids"])
+        row = await conn.fetchrow(
+            _DELETE_DOCUMENTS_SQL, namespace, list(document_ids), list(locked["document_ids"])
+        )
     return int(row["documents"]), int(row["chunks"])
 
 
@@ -209,6 +217,10 @@ async def _upsert_document(
         if stored["content_hash"] == document.content_hash:
             return UpsertOutcome(document.document_id, UpsertStatus.UNCHANGED, stored["chunk_count"])
         await conn.execute(_UPDATE_DOCUMENT_SQL, namespace, document.document_id, *values)
+        replaced_chunks = await conn.fetchval(
+            keyword_index.CHUNKS_OF_DOCUMENTS_SQL, namespace, [document.document_id]
+        )
+        await keyword_index.remove_chunks(conn, namespace, replaced_chunks)
         await conn.execute(_DELETE_CHUNKS_SQL, namespace, document.document_id)
         await _copy_chunks(conn, namespace, document)
         await _index_chunks(conn, namespace, document, text_search_config, replaced=stored)
@@ -250,12 +262,14 @@ async def _index_chunks(
     old_chunks, old_length = 0, 0
     if replaced is not None:
         old_chunks, old_length = replaced["chunk_count"], replaced["keyword_length"]
+    length = await conn.fetchval(
+        keyword_index.INDEX_DOCUMENT_SQL, namespace, document.document_id, text_search_config, document.title
+    )
     await conn.execute(
-        _INDEX_DOCUMENT_SQL,
+        _MOVE_STATISTICS_SQL,
         namespace,
         document.document_id,
-        text_search_config,
-        document.title,
+        length,
         len(document.chunks) - old_chunks,
         old_length,
     )

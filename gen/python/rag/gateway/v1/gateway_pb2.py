@@ -28,7 +28,7 @@ from rag.generator.v1 import generator_pb2 as rag_dot_generator_dot_v1_dot_gener
 from rag.retriever.v1 import retriever_pb2 as rag_dot_retriever_dot_v1_dot_retriever__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crag/gateway/v1/gateway.proto\x12\x0erag.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1arag/common/v1/common.proto\x1a rag/generator/v1/generator.proto\x1a rag/retriever/v1/retriever.proto\"\x88\x02\n\x10RetrievalOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\x12+\n\x06\x66usion\x18\x04 \x01(\x0b\x32\x1b.rag.common.v1.FusionParams\x12+\n\x06rerank\x18\x05 \x01(\x0b\x32\x1b.rag.common.v1.RerankParams\x12\x16\n\tef_search\x18\x06 \x01(\x05H\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x0c\n\n_ef_search\"f\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x33\n\tretrieval\x18\x03 \x01(\x0b\x32 .rag.gateway.v1.RetrievalOptions\"\xbd\x01\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12\x10\n\x08reranked\x18\x03 \x01(\x08\x12\x18\n\x10rerank_timed_out\x18\x04 \x01(\x08\x12+\n\x07timings\x18\x05 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"\xdd\x01\n\nAskRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x33\n\tretrieval\x18\x03 \x01(\x0b\x32 .rag.gateway.v1.RetrievalOptions\x12(\n\x07history\x18\x04 \x03(\x0b\x32\x17.rag.common.v1.ChatTurn\x12\x37\n\ngeneration\x18\x05 \x01(\x0b\x32#.rag.generator.v1.GenerationOptions\x12\x12\n\nskip_cache\x18\x06 \x01(\x08\"Q\n\x06Source\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12(\n\x03hit\x18\x02 \x01(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\r\n\x05\x63ited\x18\x03 \x01(\x08\"\x91\x02\n\x0b\x41skResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x30\n\x07outcome\x18\x02 \x01(\x0e\x32\x1f.rag.generator.v1.AnswerOutcome\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.rag.gateway.v1.Source\x12-\n\tcitations\x18\x04 \x03(\x0b\x32\x1a.rag.generator.v1.Citation\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.rag.generator.v1.TokenUsage\x12+\n\x07timings\x18\x06 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\"?\n\x10\x41skStreamRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.rag.gateway.v1.AskRequest\"7\n\x0cSourcesEvent\x12\'\n\x07sources\x18\x01 \x03(\x0b\x32\x16.rag.gateway.v1.Source\"\xab\x01\n\x11\x41skStreamResponse\x12/\n\x07sources\x18\x01 \x01(\x0b\x32\x1c.rag.gateway.v1.SourcesEventH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.rag.generator.v1.AnswerDeltaH\x00\x12,\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1b.rag.gateway.v1.AskResponseH\x00\x42\x07\n\x05\x65vent\"\xa6\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x16\n\x0cutf8_content\x18\x04 \x01(\x0cH\x00\x12$\n\x04\x66ile\x18\x06 \x01(\x0b\x32\x14.rag.gateway.v1.FileH\x00\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x06\n\x04\x62ody\"?\n\x04\x46ile\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"U\n\x0f\x43hunkingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x1b\n\x0eoverlap_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x11\n\x0f_overlap_tokens\"\x8b\x01\n\x16IngestDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12+\n\tdocuments\x18\x02 \x03(\x0b\x32\x18.rag.gateway.v1.Document\x12\x31\n\x08\x63hunking\x18\x03 \x01(\x0b\x32\x1f.rag.gateway.v1.ChunkingOptions\"y\n\x0e\x44ocumentResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.rag.retriever.v1.UpsertStatus\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"w\n\x17IngestDocumentsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.rag.gateway.v1.DocumentResult\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"p\n\x16\x44\x65leteDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\"y\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x05\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x05\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"\x80\x01\n\x14ListDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.rag.retriever.v1.DocumentState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x15ListDocumentsResponse\x12\x31\n\tdocuments\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.DocumentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x93\x04\n\x0eGatewayService\x12>\n\x03\x41sk\x12\x1a.rag.gateway.v1.AskRequest\x1a\x1b.rag.gateway.v1.AskResponse\x12R\n\tAskStream\x12 .rag.gateway.v1.AskStreamRequest\x1a!.rag.gateway.v1.AskStreamResponse0\x01\x12G\n\x06Search\x12\x1d.rag.gateway.v1.SearchRequest\x1a\x1e.rag.gateway.v1.SearchResponse\x12\x62\n\x0fIngestDocuments\x12&.rag.gateway.v1.IngestDocumentsRequest\x1a\'.rag.gateway.v1.IngestDocumentsResponse\x12\x62\n\x0f\x44\x65leteDocuments\x12&.rag.gateway.v1.DeleteDocumentsRequest\x1a\'.rag.gateway.v1.DeleteDocumentsResponse\x12\\\n\rListDocuments\x12$.rag.gateway.v1.ListDocumentsRequest\x1a%.rag.gateway.v1.ListDocumentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crag/gateway/v1/gateway.proto\x12\x0erag.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1arag/common/v1/common.proto\x1a rag/generator/v1/generator.proto\x1a rag/retriever/v1/retriever.proto\"\xbe\x02\n\x10RetrievalOptions\x12\x12\n\x05top_k\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\x12+\n\x06\x66usion\x18\x04 \x01(\x0b\x32\x1b.rag.common.v1.FusionParams\x12+\n\x06rerank\x18\x05 \x01(\x0b\x32\x1b.rag.common.v1.RerankParams\x12\x16\n\tef_search\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x1e\n\x11min_index_version\x18\x07 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_top_kB\x0c\n\n_ef_searchB\x14\n\x12_min_index_version\"f\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x33\n\tretrieval\x18\x03 \x01(\x0b\x32 .rag.gateway.v1.RetrievalOptions\"\xd4\x01\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12\x10\n\x08reranked\x18\x03 \x01(\x08\x12\x18\n\x10rerank_timed_out\x18\x04 \x01(\x08\x12+\n\x07timings\x18\x05 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x06 \x01(\x03\"\xdd\x01\n\nAskRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x33\n\tretrieval\x18\x03 \x01(\x0b\x32 .rag.gateway.v1.RetrievalOptions\x12(\n\x07history\x18\x04 \x03(\x0b\x32\x17.rag.common.v1.ChatTurn\x12\x37\n\ngeneration\x18\x05 \x01(\x0b\x32#.rag.generator.v1.GenerationOptions\x12\x12\n\nskip_cache\x18\x06 \x01(\x08\"Q\n\x06Source\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12(\n\x03hit\x18\x02 \x01(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\r\n\x05\x63ited\x18\x03 \x01(\x08\"\x91\x02\n\x0b\x41skResponse\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\x30\n\x07outcome\x18\x02 \x01(\x0e\x32\x1f.rag.generator.v1.AnswerOutcome\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.rag.gateway.v1.Source\x12-\n\tcitations\x18\x04 \x03(\x0b\x32\x1a.rag.generator.v1.Citation\x12+\n\x05usage\x18\x05 \x01(\x0b\x32\x1c.rag.generator.v1.TokenUsage\x12+\n\x07timings\x18\x06 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\"?\n\x10\x41skStreamRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.rag.gateway.v1.AskRequest\"7\n\x0cSourcesEvent\x12\'\n\x07sources\x18\x01 \x03(\x0b\x32\x16.rag.gateway.v1.Source\"\xab\x01\n\x11\x41skStreamResponse\x12/\n\x07sources\x18\x01 \x01(\x0b\x32\x1c.rag.gateway.v1.SourcesEventH\x00\x12.\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1d.rag.generator.v1.AnswerDeltaH\x00\x12,\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1b.rag.gateway.v1.AskResponseH\x00\x42\x07\n\x05\x65vent\"\xa6\x01\n\x08\x44ocument\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x16\n\x0cutf8_content\x18\x04 \x01(\x0cH\x00\x12$\n\x04\x66ile\x18\x06 \x01(\x0b\x32\x14.rag.gateway.v1.FileH\x00\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x06\n\x04\x62ody\"?\n\x04\x46ile\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"U\n\x0f\x43hunkingOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x1b\n\x0eoverlap_tokens\x18\x02 \x01(\x05H\x00\x88\x01\x01\x42\x11\n\x0f_overlap_tokens\"\x8b\x01\n\x16IngestDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12+\n\tdocuments\x18\x02 \x03(\x0b\x32\x18.rag.gateway.v1.Document\x12\x31\n\x08\x63hunking\x18\x03 \x01(\x0b\x32\x1f.rag.gateway.v1.ChunkingOptions\"y\n\x0e\x44ocumentResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.rag.retriever.v1.UpsertStatus\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\x8e\x01\n\x17IngestDocumentsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.rag.gateway.v1.DocumentResult\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x03 \x01(\x03\"p\n\x16\x44\x65leteDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\"\x90\x01\n\x17\x44\x65leteDocumentsResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x05\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x05\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x04 \x01(\x03\"\x80\x01\n\x14ListDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.rag.retriever.v1.DocumentState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x15ListDocumentsResponse\x12\x31\n\tdocuments\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.DocumentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x93\x04\n\x0eGatewayService\x12>\n\x03\x41sk\x12\x1a.rag.gateway.v1.AskRequest\x1a\x1b.rag.gateway.v1.AskResponse\x12R\n\tAskStream\x12 .rag.gateway.v1.AskStreamRequest\x1a!.rag.gateway.v1.AskStreamResponse0\x01\x12G\n\x06Search\x12\x1d.rag.gateway.v1.SearchRequest\x1a\x1e.rag.gateway.v1.SearchResponse\x12\x62\n\x0fIngestDocuments\x12&.rag.gateway.v1.IngestDocumentsRequest\x1a\'.rag.gateway.v1.IngestDocumentsResponse\x12\x62\n\x0f\x44\x65leteDocuments\x12&.rag.gateway.v1.DeleteDocumentsRequest\x1a\'.rag.gateway.v1.DeleteDocumentsResponse\x12\\\n\rListDocuments\x12$.rag.gateway.v1.ListDocumentsRequest\x1a%.rag.gateway.v1.ListDocumentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,43 +36,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rag.gateway.v1.gateway_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RETRIEVALOPTIONS']._serialized_start=175
-  _globals['_RETRIEVALOPTIONS']._serialized_end=439
-  _globals['_SEARCHREQUEST']._serialized_start=441
-  _globals['_SEARCHREQUEST']._serialized_end=543
-  _globals['_SEARCHRESPONSE']._serialized_start=546
-  _globals['_SEARCHRESPONSE']._serialized_end=735
-  _globals['_ASKREQUEST']._serialized_start=738
-  _globals['_ASKREQUEST']._serialized_end=959
-  _globals['_SOURCE']._serialized_start=961
-  _globals['_SOURCE']._serialized_end=1042
-  _globals['_ASKRESPONSE']._serialized_start=1045
-  _globals['_ASKRESPONSE']._serialized_end=1318
-  _globals['_ASKSTREAMREQUEST']._serialized_start=1320
-  _globals['_ASKSTREAMREQUEST']._serialized_end=1383
-  _globals['_SOURCESEVENT']._serialized_start=1385
-  _globals['_SOURCESEVENT']._serialized_end=1440
-  _globals['_ASKSTREAMRESPONSE']._serialized_start=1443
-  _globals['_ASKSTREAMRESPONSE']._serialized_end=1614
-  _globals['_DOCUMENT']._serialized_start=1617
-  _globals['_DOCUMENT']._serialized_end=1783
-  _globals['_FILE']._serialized_start=1785
-  _globals['_FILE']._serialized_end=1848
-  _globals['_CHUNKINGOPTIONS']._serialized_start=1850
-  _globals['_CHUNKINGOPTIONS']._serialized_end=1935
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=1938
-  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=2077
-  _globals['_DOCUMENTRESULT']._serialized_start=2079
-  _globals['_DOCUMENTRESULT']._serialized_end=2200
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=2202
-  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=2321
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=2323
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=2435
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=2437
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=2558
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2561
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2689
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2691
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2790
-  _globals['_GATEWAYSERVICE']._serialized_start=2793
-  _globals['_GATEWAYSERVICE']._serialized_end=3324
+  _globals['_RETRIEVALOPTIONS']._serialized_end=493
+  _globals['_SEARCHREQUEST']._serialized_start=495
+  _globals['_SEARCHREQUEST']._serialized_end=597
+  _globals['_SEARCHRESPONSE']._serialized_start=600
+  _globals['_SEARCHRESPONSE']._serialized_end=812
+  _globals['_ASKREQUEST']._serialized_start=815
+  _globals['_ASKREQUEST']._serialized_end=1036
+  _globals['_SOURCE']._serialized_start=1038
+  _globals['_SOURCE']._serialized_end=1119
+  _globals['_ASKRESPONSE']._serialized_start=1122
+  _globals['_ASKRESPONSE']._serialized_end=1395
+  _globals['_ASKSTREAMREQUEST']._serialized_start=1397
+  _globals['_ASKSTREAMREQUEST']._serialized_end=1460
+  _globals['_SOURCESEVENT']._serialized_start=1462
+  _globals['_SOURCESEVENT']._serialized_end=1517
+  _globals['_ASKSTREAMRESPONSE']._serialized_start=1520
+  _globals['_ASKSTREAMRESPONSE']._serialized_end=1691
+  _globals['_DOCUMENT']._serialized_start=1694
+  _globals['_DOCUMENT']._serialized_end=1860
+  _globals['_FILE']._serialized_start=1862
+  _globals['_FILE']._serialized_end=1925
+  _globals['_CHUNKINGOPTIONS']._serialized_start=1927
+  _globals['_CHUNKINGOPTIONS']._serialized_end=2012
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_start=2015
+  _globals['_INGESTDOCUMENTSREQUEST']._serialized_end=2154
+  _globals['_DOCUMENTRESULT']._serialized_start=2156
+  _globals['_DOCUMENTRESULT']._serialized_end=2277
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_start=2280
+  _globals['_INGESTDOCUMENTSRESPONSE']._serialized_end=2422
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=2424
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=2536
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=2539
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=2683
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2686
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2814
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2816
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2915
+  _globals['_GATEWAYSERVICE']._serialized_start=2918
+  _globals['_GATEWAYSERVICE']._serialized_end=3449
 # @@protoc_insertion_point(module_scope)

@@ -32,10 +32,16 @@ class RetrievalOptions(_message.Message):
     FUSION_FIELD_NUMBER: _builtins.int
     RERANK_FIELD_NUMBER: _builtins.int
     EF_SEARCH_FIELD_NUMBER: _builtins.int
+    MIN_INDEX_VERSION_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
     """1..100; unset means the server default."""
     mode: _common_pb2.SearchMode.ValueType
     ef_search: _builtins.int
+    min_index_version: _builtins.int
+    """Read-your-writes: the index_version an IngestDocuments or DeleteDocuments
+    response returned. The search runs on data at least that recent (a read
+    replica that has not replayed that far is passed over for the primary).
+    """
     @_builtins.property
     def filter(self) -> _common_pb2.MetadataFilter: ...
     @_builtins.property
@@ -51,17 +57,22 @@ class RetrievalOptions(_message.Message):
         fusion: _common_pb2.FusionParams | None = ...,
         rerank: _common_pb2.RerankParams | None = ...,
         ef_search: _builtins.int | None = ...,
+        min_index_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_min_index_version", b"_min_index_version", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "min_index_version", b"min_index_version", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_min_index_version", b"_min_index_version", "_top_k", b"_top_k", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "min_index_version", b"min_index_version", "mode", b"mode", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ef_search: _TypeAlias = _typing.Literal["ef_search"]  # noqa: Y015
     _WhichOneofArgType__ef_search: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search"]  # noqa: Y015
+    _WhichOneofReturnType__min_index_version: _TypeAlias = _typing.Literal["min_index_version"]  # noqa: Y015
+    _WhichOneofArgType__min_index_version: _TypeAlias = _typing.Literal["_min_index_version", b"_min_index_version"]  # noqa: Y015
     _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
     _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ef_search) -> _WhichOneofReturnType__ef_search | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_index_version) -> _WhichOneofReturnType__min_index_version | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
@@ -106,9 +117,12 @@ class SearchResponse(_message.Message):
     RERANKED_FIELD_NUMBER: _builtins.int
     RERANK_TIMED_OUT_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.SearchMode.ValueType
     reranked: _builtins.bool
     rerank_timed_out: _builtins.bool
+    index_version: _builtins.int
+    """The namespace's index version the search read."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[_retriever_pb2.SearchHit]: ...
     @_builtins.property
@@ -121,10 +135,11 @@ class SearchResponse(_message.Message):
         reranked: _builtins.bool = ...,
         rerank_timed_out: _builtins.bool = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "mode", b"mode", "rerank_timed_out", b"rerank_timed_out", "reranked", b"reranked", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "index_version", b"index_version", "mode", b"mode", "rerank_timed_out", b"rerank_timed_out", "reranked", b"reranked", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -472,6 +487,11 @@ class IngestDocumentsResponse(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
+    index_version: _builtins.int
+    """The namespace's index version once this call's writes were committed: pass
+    it as RetrievalOptions.min_index_version to read them back for certain.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DocumentResult]: ...
     @_builtins.property
@@ -481,10 +501,11 @@ class IngestDocumentsResponse(_message.Message):
         *,
         results: _abc.Iterable[Global___DocumentResult] | None = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_version", b"index_version", "results", b"results", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,8 +545,11 @@ class DeleteDocumentsResponse(_message.Message):
     DELETED_DOCUMENTS_FIELD_NUMBER: _builtins.int
     DELETED_CHUNKS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
     deleted_documents: _builtins.int
     deleted_chunks: _builtins.int
+    index_version: _builtins.int
+    """As in IngestDocumentsResponse."""
     @_builtins.property
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]: ...
     def __init__(
@@ -534,10 +558,11 @@ class DeleteDocumentsResponse(_message.Message):
         deleted_documents: _builtins.int = ...,
         deleted_chunks: _builtins.int = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_chunks", b"deleted_chunks", "deleted_documents", b"deleted_documents", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_chunks", b"deleted_chunks", "deleted_documents", b"deleted_documents", "index_version", b"index_version", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

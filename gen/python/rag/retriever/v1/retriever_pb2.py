@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from rag.common.v1 import common_pb2 as rag_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n rag/retriever/v1/retriever.proto\x12\x10rag.retriever.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arag/common/v1/common.proto\"r\n\x0b\x43hunkRecord\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x12\n\nstart_char\x18\x04 \x01(\x05\x12\x10\n\x08\x65nd_char\x18\x05 \x01(\x05\x12\r\n\x05pages\x18\x06 \x03(\x05\"\xa4\x01\n\x0e\x44ocumentRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1d.rag.retriever.v1.ChunkRecord\"W\n\rUpsertRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x33\n\tdocuments\x18\x02 \x03(\x0b\x32 .rag.retriever.v1.DocumentRecord\"h\n\x0cUpsertResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.rag.retriever.v1.UpsertStatus\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\"n\n\x0eUpsertResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.UpsertResult\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"g\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\"p\n\x0e\x44\x65leteResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x05\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x05\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"\xb6\x02\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\x12\x12\n\nquery_text\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12-\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\x12+\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x1b.rag.common.v1.FusionParams\x12+\n\x06rerank\x18\x08 \x01(\x0b\x32\x1b.rag.common.v1.RerankParams\x12\x16\n\tef_search\x18\t \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_ef_search\"\'\n\x08LegScore\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\"\x9f\x02\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05score\x18\x06 \x01(\x01\x12)\n\x05\x64\x65nse\x18\x07 \x01(\x0b\x32\x1a.rag.retriever.v1.LegScore\x12+\n\x07keyword\x18\x08 \x01(\x0b\x32\x1a.rag.retriever.v1.LegScore\x12\x19\n\x0crerank_score\x18\t \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05pages\x18\n \x03(\x05\x42\x0f\n\r_rerank_score\"\xbd\x01\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12\x10\n\x08reranked\x18\x03 \x01(\x08\x12\x18\n\x10rerank_timed_out\x18\x04 \x01(\x08\x12+\n\x07timings\x18\x05 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\"C\n\x18GetDocumentHashesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"P\n\x0eStoredDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\"P\n\x19GetDocumentHashesResponse\x12\x33\n\tdocuments\x18\x01 \x03(\x0b\x32 .rag.retriever.v1.StoredDocument\"+\n\x16GetIndexVersionRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"*\n\x17GetIndexVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x80\x01\n\x14ListDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.rag.retriever.v1.DocumentState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x0f\x44ocumentFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12-\n\tfailed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n\x0c\x44ocumentInfo\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32!.rag.retriever.v1.DocumentFailure\"c\n\x15ListDocumentsResponse\x12\x31\n\tdocuments\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.DocumentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0e\x46\x61iledDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x15RecordFailuresRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x33\n\tdocuments\x18\x02 \x03(\x0b\x32 .rag.retriever.v1.FailedDocument\"\x18\n\x16RecordFailuresResponse*\x9a\x01\n\x0cUpsertStatus\x12\x1d\n\x19UPSERT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15UPSERT_STATUS_CREATED\x10\x01\x12\x19\n\x15UPSERT_STATUS_UPDATED\x10\x02\x12\x1b\n\x17UPSERT_STATUS_UNCHANGED\x10\x03\x12\x18\n\x14UPSERT_STATUS_FAILED\x10\x04*f\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_INDEXED\x10\x01\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x02\x32\x96\x05\n\x10RetrieverService\x12K\n\x06Upsert\x12\x1f.rag.retriever.v1.UpsertRequest\x1a .rag.retriever.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.rag.retriever.v1.DeleteRequest\x1a .rag.retriever.v1.DeleteResponse\x12K\n\x06Search\x12\x1f.rag.retriever.v1.SearchRequest\x1a .rag.retriever.v1.SearchResponse\x12l\n\x11GetDocumentHashes\x12*.rag.retriever.v1.GetDocumentHashesRequest\x1a+.rag.retriever.v1.GetDocumentHashesResponse\x12\x66\n\x0fGetIndexVersion\x12(.rag.retriever.v1.GetIndexVersionRequest\x1a).rag.retriever.v1.GetIndexVersionResponse\x12`\n\rListDocuments\x12&.rag.retriever.v1.ListDocumentsRequest\x1a\'.rag.retriever.v1.ListDocumentsResponse\x12\x63\n\x0eRecordFailures\x12\'.rag.retriever.v1.RecordFailuresRequest\x1a(.rag.retriever.v1.RecordFailuresResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n rag/retriever/v1/retriever.proto\x12\x10rag.retriever.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1arag/common/v1/common.proto\"r\n\x0b\x43hunkRecord\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x12\n\nstart_char\x18\x04 \x01(\x05\x12\x10\n\x08\x65nd_char\x18\x05 \x01(\x05\x12\r\n\x05pages\x18\x06 \x03(\x05\"\xa4\x01\n\x0e\x44ocumentRecord\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\x06\x63hunks\x18\x05 \x03(\x0b\x32\x1d.rag.retriever.v1.ChunkRecord\"W\n\rUpsertRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x33\n\tdocuments\x18\x02 \x03(\x0b\x32 .rag.retriever.v1.DocumentRecord\"h\n\x0cUpsertResult\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.rag.retriever.v1.UpsertStatus\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\"\x85\x01\n\x0eUpsertResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.UpsertResult\x12+\n\x07timings\x18\x02 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x03 \x01(\x03\"g\n\rDeleteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\x12-\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\"\x87\x01\n\x0e\x44\x65leteResponse\x12\x19\n\x11\x64\x65leted_documents\x18\x01 \x01(\x05\x12\x16\n\x0e\x64\x65leted_chunks\x18\x02 \x01(\x05\x12+\n\x07timings\x18\x03 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x04 \x01(\x03\"\xec\x02\n\rSearchRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\x12\x12\n\nquery_text\x18\x03 \x01(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\'\n\x04mode\x18\x05 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12-\n\x06\x66ilter\x18\x06 \x01(\x0b\x32\x1d.rag.common.v1.MetadataFilter\x12+\n\x06\x66usion\x18\x07 \x01(\x0b\x32\x1b.rag.common.v1.FusionParams\x12+\n\x06rerank\x18\x08 \x01(\x0b\x32\x1b.rag.common.v1.RerankParams\x12\x16\n\tef_search\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x1e\n\x11min_index_version\x18\n \x01(\x03H\x01\x88\x01\x01\x42\x0c\n\n_ef_searchB\x14\n\x12_min_index_version\"\'\n\x08LegScore\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x01\"\x9f\x02\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05score\x18\x06 \x01(\x01\x12)\n\x05\x64\x65nse\x18\x07 \x01(\x0b\x32\x1a.rag.retriever.v1.LegScore\x12+\n\x07keyword\x18\x08 \x01(\x0b\x32\x1a.rag.retriever.v1.LegScore\x12\x19\n\x0crerank_score\x18\t \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05pages\x18\n \x03(\x05\x42\x0f\n\r_rerank_score\"\xd4\x01\n\x0eSearchResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.rag.retriever.v1.SearchHit\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.rag.common.v1.SearchMode\x12\x10\n\x08reranked\x18\x03 \x01(\x08\x12\x18\n\x10rerank_timed_out\x18\x04 \x01(\x08\x12+\n\x07timings\x18\x05 \x03(\x0b\x32\x1a.rag.common.v1.StageTiming\x12\x15\n\rindex_version\x18\x06 \x01(\x03\"C\n\x18GetDocumentHashesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"P\n\x0eStoredDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\"P\n\x19GetDocumentHashesResponse\x12\x33\n\tdocuments\x18\x01 \x03(\x0b\x32 .rag.retriever.v1.StoredDocument\"+\n\x16GetIndexVersionRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"*\n\x17GetIndexVersionResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x80\x01\n\x14ListDocumentsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.rag.retriever.v1.DocumentState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"P\n\x0f\x44ocumentFailure\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12-\n\tfailed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x01\n\x0c\x44ocumentInfo\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32!.rag.retriever.v1.DocumentFailure\"c\n\x15ListDocumentsResponse\x12\x31\n\tdocuments\x18\x01 \x03(\x0b\x32\x1e.rag.retriever.v1.DocumentInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x0e\x46\x61iledDocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"_\n\x15RecordFailuresRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x33\n\tdocuments\x18\x02 \x03(\x0b\x32 .rag.retriever.v1.FailedDocument\"\x18\n\x16RecordFailuresResponse*\x9a\x01\n\x0cUpsertStatus\x12\x1d\n\x19UPSERT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15UPSERT_STATUS_CREATED\x10\x01\x12\x19\n\x15UPSERT_STATUS_UPDATED\x10\x02\x12\x1b\n\x17UPSERT_STATUS_UNCHANGED\x10\x03\x12\x18\n\x14UPSERT_STATUS_FAILED\x10\x04*f\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_INDEXED\x10\x01\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x02\x32\x96\x05\n\x10RetrieverService\x12K\n\x06Upsert\x12\x1f.rag.retriever.v1.UpsertRequest\x1a .rag.retriever.v1.UpsertResponse\x12K\n\x06\x44\x65lete\x12\x1f.rag.retriever.v1.DeleteRequest\x1a .rag.retriever.v1.DeleteResponse\x12K\n\x06Search\x12\x1f.rag.retriever.v1.SearchRequest\x1a .rag.retriever.v1.SearchResponse\x12l\n\x11GetDocumentHashes\x12*.rag.retriever.v1.GetDocumentHashesRequest\x1a+.rag.retriever.v1.GetDocumentHashesResponse\x12\x66\n\x0fGetIndexVersion\x12(.rag.retriever.v1.GetIndexVersionRequest\x1a).rag.retriever.v1.GetIndexVersionResponse\x12`\n\rListDocuments\x12&.rag.retriever.v1.ListDocumentsRequest\x1a\'.rag.retriever.v1.ListDocumentsResponse\x12\x63\n\x0eRecordFailures\x12\'.rag.retriever.v1.RecordFailuresRequest\x1a(.rag.retriever.v1.RecordFailuresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rag.retriever.v1.retriever_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPSERTSTATUS']._serialized_start=2816
-  _globals['_UPSERTSTATUS']._serialized_end=2970
-  _globals['_DOCUMENTSTATE']._serialized_start=2972
-  _globals['_DOCUMENTSTATE']._serialized_end=3074
+  _globals['_UPSERTSTATUS']._serialized_start=2941
+  _globals['_UPSERTSTATUS']._serialized_end=3095
+  _globals['_DOCUMENTSTATE']._serialized_start=3097
+  _globals['_DOCUMENTSTATE']._serialized_end=3199
   _globals['_CHUNKRECORD']._serialized_start=145
   _globals['_CHUNKRECORD']._serialized_end=259
   _globals['_DOCUMENTRECORD']._serialized_start=262
@@ -46,44 +46,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTREQUEST']._serialized_end=515
   _globals['_UPSERTRESULT']._serialized_start=517
   _globals['_UPSERTRESULT']._serialized_end=621
-  _globals['_UPSERTRESPONSE']._serialized_start=623
-  _globals['_UPSERTRESPONSE']._serialized_end=733
-  _globals['_DELETEREQUEST']._serialized_start=735
-  _globals['_DELETEREQUEST']._serialized_end=838
-  _globals['_DELETERESPONSE']._serialized_start=840
-  _globals['_DELETERESPONSE']._serialized_end=952
-  _globals['_SEARCHREQUEST']._serialized_start=955
-  _globals['_SEARCHREQUEST']._serialized_end=1265
-  _globals['_LEGSCORE']._serialized_start=1267
-  _globals['_LEGSCORE']._serialized_end=1306
-  _globals['_SEARCHHIT']._serialized_start=1309
-  _globals['_SEARCHHIT']._serialized_end=1596
-  _globals['_SEARCHRESPONSE']._serialized_start=1599
-  _globals['_SEARCHRESPONSE']._serialized_end=1788
-  _globals['_GETDOCUMENTHASHESREQUEST']._serialized_start=1790
-  _globals['_GETDOCUMENTHASHESREQUEST']._serialized_end=1857
-  _globals['_STOREDDOCUMENT']._serialized_start=1859
-  _globals['_STOREDDOCUMENT']._serialized_end=1939
-  _globals['_GETDOCUMENTHASHESRESPONSE']._serialized_start=1941
-  _globals['_GETDOCUMENTHASHESRESPONSE']._serialized_end=2021
-  _globals['_GETINDEXVERSIONREQUEST']._serialized_start=2023
-  _globals['_GETINDEXVERSIONREQUEST']._serialized_end=2066
-  _globals['_GETINDEXVERSIONRESPONSE']._serialized_start=2068
-  _globals['_GETINDEXVERSIONRESPONSE']._serialized_end=2110
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2113
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2241
-  _globals['_DOCUMENTFAILURE']._serialized_start=2243
-  _globals['_DOCUMENTFAILURE']._serialized_end=2323
-  _globals['_DOCUMENTINFO']._serialized_start=2326
-  _globals['_DOCUMENTINFO']._serialized_end=2519
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2521
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2620
-  _globals['_FAILEDDOCUMENT']._serialized_start=2622
-  _globals['_FAILEDDOCUMENT']._serialized_end=2690
-  _globals['_RECORDFAILURESREQUEST']._serialized_start=2692
-  _globals['_RECORDFAILURESREQUEST']._serialized_end=2787
-  _globals['_RECORDFAILURESRESPONSE']._serialized_start=2789
-  _globals['_RECORDFAILURESRESPONSE']._serialized_end=2813
-  _globals['_RETRIEVERSERVICE']._serialized_start=3077
-  _globals['_RETRIEVERSERVICE']._serialized_end=3739
+  _globals['_UPSERTRESPONSE']._serialized_start=624
+  _globals['_UPSERTRESPONSE']._serialized_end=757
+  _globals['_DELETEREQUEST']._serialized_start=759
+  _globals['_DELETEREQUEST']._serialized_end=862
+  _globals['_DELETERESPONSE']._serialized_start=865
+  _globals['_DELETERESPONSE']._serialized_end=1000
+  _globals['_SEARCHREQUEST']._serialized_start=1003
+  _globals['_SEARCHREQUEST']._serialized_end=1367
+  _globals['_LEGSCORE']._serialized_start=1369
+  _globals['_LEGSCORE']._serialized_end=1408
+  _globals['_SEARCHHIT']._serialized_start=1411
+  _globals['_SEARCHHIT']._serialized_end=1698
+  _globals['_SEARCHRESPONSE']._serialized_start=1701
+  _globals['_SEARCHRESPONSE']._serialized_end=1913
+  _globals['_GETDOCUMENTHASHESREQUEST']._serialized_start=1915
+  _globals['_GETDOCUMENTHASHESREQUEST']._serialized_end=1982
+  _globals['_STOREDDOCUMENT']._serialized_start=1984
+  _globals['_STOREDDOCUMENT']._serialized_end=2064
+  _globals['_GETDOCUMENTHASHESRESPONSE']._serialized_start=2066
+  _globals['_GETDOCUMENTHASHESRESPONSE']._serialized_end=2146
+  _globals['_GETINDEXVERSIONREQUEST']._serialized_start=2148
+  _globals['_GETINDEXVERSIONREQUEST']._serialized_end=2191
+  _globals['_GETINDEXVERSIONRESPONSE']._serialized_start=2193
+  _globals['_GETINDEXVERSIONRESPONSE']._serialized_end=2235
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2238
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2366
+  _globals['_DOCUMENTFAILURE']._serialized_start=2368
+  _globals['_DOCUMENTFAILURE']._serialized_end=2448
+  _globals['_DOCUMENTINFO']._serialized_start=2451
+  _globals['_DOCUMENTINFO']._serialized_end=2644
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2646
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2745
+  _globals['_FAILEDDOCUMENT']._serialized_start=2747
+  _globals['_FAILEDDOCUMENT']._serialized_end=2815
+  _globals['_RECORDFAILURESREQUEST']._serialized_start=2817
+  _globals['_RECORDFAILURESREQUEST']._serialized_end=2912
+  _globals['_RECORDFAILURESRESPONSE']._serialized_start=2914
+  _globals['_RECORDFAILURESRESPONSE']._serialized_end=2938
+  _globals['_RETRIEVERSERVICE']._serialized_start=3202
+  _globals['_RETRIEVERSERVICE']._serialized_end=3864
 # @@protoc_insertion_point(module_scope)

@@ -201,6 +201,11 @@ class UpsertResponse(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
+    index_version: _builtins.int
+    """The namespace's index version read on the primary after this call's
+    writes committed: at least the version of each of them.
+    """
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpsertResult]: ...
     @_builtins.property
@@ -210,10 +215,11 @@ class UpsertResponse(_message.Message):
         *,
         results: _abc.Iterable[Global___UpsertResult] | None = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_version", b"index_version", "results", b"results", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,8 +261,11 @@ class DeleteResponse(_message.Message):
     DELETED_DOCUMENTS_FIELD_NUMBER: _builtins.int
     DELETED_CHUNKS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
     deleted_documents: _builtins.int
     deleted_chunks: _builtins.int
+    index_version: _builtins.int
+    """As in UpsertResponse."""
     @_builtins.property
     def timings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.StageTiming]: ...
     def __init__(
@@ -265,10 +274,11 @@ class DeleteResponse(_message.Message):
         deleted_documents: _builtins.int = ...,
         deleted_chunks: _builtins.int = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_chunks", b"deleted_chunks", "deleted_documents", b"deleted_documents", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_chunks", b"deleted_chunks", "deleted_documents", b"deleted_documents", "index_version", b"index_version", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,6 +297,7 @@ class SearchRequest(_message.Message):
     FUSION_FIELD_NUMBER: _builtins.int
     RERANK_FIELD_NUMBER: _builtins.int
     EF_SEARCH_FIELD_NUMBER: _builtins.int
+    MIN_INDEX_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     query_text: _builtins.str
     """Query text, for the keyword leg and the reranker."""
@@ -295,6 +306,10 @@ class SearchRequest(_message.Message):
     mode: _common_pb2.SearchMode.ValueType
     ef_search: _builtins.int
     """HNSW hnsw.ef_search for this query; unset takes the server default."""
+    min_index_version: _builtins.int
+    """Search data at least this recent: a read replica whose snapshot holds an
+    older index version of the namespace is passed over for the primary.
+    """
     @_builtins.property
     def query_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Query embedding, for the dense leg."""
@@ -317,14 +332,20 @@ class SearchRequest(_message.Message):
         fusion: _common_pb2.FusionParams | None = ...,
         rerank: _common_pb2.RerankParams | None = ...,
         ef_search: _builtins.int | None = ...,
+        min_index_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "rerank", b"rerank"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_min_index_version", b"_min_index_version", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "min_index_version", b"min_index_version", "rerank", b"rerank"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "mode", b"mode", "namespace", b"namespace", "query_embedding", b"query_embedding", "query_text", b"query_text", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search", "_min_index_version", b"_min_index_version", "ef_search", b"ef_search", "filter", b"filter", "fusion", b"fusion", "min_index_version", b"min_index_version", "mode", b"mode", "namespace", b"namespace", "query_embedding", b"query_embedding", "query_text", b"query_text", "rerank", b"rerank", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__ef_search: _TypeAlias = _typing.Literal["ef_search"]  # noqa: Y015
     _WhichOneofArgType__ef_search: _TypeAlias = _typing.Literal["_ef_search", b"_ef_search"]  # noqa: Y015
+    _WhichOneofReturnType__min_index_version: _TypeAlias = _typing.Literal["min_index_version"]  # noqa: Y015
+    _WhichOneofArgType__min_index_version: _TypeAlias = _typing.Literal["_min_index_version", b"_min_index_version"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__ef_search) -> _WhichOneofReturnType__ef_search | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_index_version) -> _WhichOneofReturnType__min_index_version | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
@@ -419,11 +440,14 @@ class SearchResponse(_message.Message):
     RERANKED_FIELD_NUMBER: _builtins.int
     RERANK_TIMED_OUT_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    INDEX_VERSION_FIELD_NUMBER: _builtins.int
     mode: _common_pb2.SearchMode.ValueType
     """The mode actually run."""
     reranked: _builtins.bool
     rerank_timed_out: _builtins.bool
     """The reranker ran out of its time budget; hits are in fused order."""
+    index_version: _builtins.int
+    """The namespace's index version in the snapshot the search read (0: never written)."""
     @_builtins.property
     def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
     @_builtins.property
@@ -436,10 +460,11 @@ class SearchResponse(_message.Message):
         reranked: _builtins.bool = ...,
         rerank_timed_out: _builtins.bool = ...,
         timings: _abc.Iterable[_common_pb2.StageTiming] | None = ...,
+        index_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "mode", b"mode", "rerank_timed_out", b"rerank_timed_out", "reranked", b"reranked", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "index_version", b"index_version", "mode", b"mode", "rerank_timed_out", b"rerank_timed_out", "reranked", b"reranked", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
