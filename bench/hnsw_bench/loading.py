@@ -31,7 +31,8 @@ SELECT (SELECT coalesce(sum(postings), 0) FROM rag_keyword_blocks) AS postings,
        pg_total_relation_size('rag_chunks') - pg_relation_size('{HNSW_INDEX}') AS chunks,
        pg_relation_size('{HNSW_INDEX}') AS hnsw,
        pg_total_relation_size('rag_keyword_blocks') + pg_total_relation_size('rag_chunk_lexemes')
-           + pg_total_relation_size('rag_keyword_unmerged') + pg_total_relation_size('rag_postings')
+           + pg_total_relation_size('rag_keyword_fresh') + pg_total_relation_size('rag_keyword_unmerged')
+           + pg_total_relation_size('rag_postings')
            AS postings_size,
        pg_total_relation_size('rag_keyword_blocks') AS blocks_size,
        pg_total_relation_size('rag_chunk_lexemes') AS chunk_lexemes_size

@@ -70,8 +70,8 @@ keyword_postings AS MATERIALIZED (
     WHERE b.namespace = $1 AND b.lexeme IN (SELECT lexeme FROM query_terms)
     UNION ALL
     SELECT f.chunk_id, t.lexeme, cardinality(t.positions), f.length
-    FROM rag_chunk_lexemes f CROSS JOIN unnest(f.lexemes) AS t
-    WHERE f.fresh AND f.namespace = $1 AND t.lexeme IN (SELECT lexeme FROM query_terms)
+    FROM rag_keyword_fresh f CROSS JOIN unnest(f.lexemes) AS t
+    WHERE f.namespace = $1 AND t.lexeme IN (SELECT lexeme FROM query_terms)
     UNION ALL
     SELECT p.chunk_id, p.lexeme, p.tf, p.chunk_length
     FROM rag_postings p

@@ -7,14 +7,16 @@ Layout (migration 6, schema.py):
   it by (keyword_search.py). About 16 bytes a posting where a row per posting
   with its indexes took 150.
 - `rag_chunk_lexemes`: each chunk's own lexemes (its tsvector) and length, for
-  the search's random access; and, while `fresh`, the chunk's postings not yet
-  in blocks, found through a GIN index over the fresh rows' lexemes.
+  the search's random access.
+- `rag_keyword_fresh`: the same for chunks whose postings are not in blocks
+  yet, found through a GIN index over their lexemes.
 
 Writes stay as cheap as before. An upsert writes, in its own transaction, its
-chunks' lexemes, fresh: that row is the whole of the chunk's share of the
-index until the compactor, run in the background by every retriever replica,
-moves its postings into blocks (COMPACT_SQL) and clears `fresh`. A search
-reads fresh chunks' postings whole and blocks by their bounds. Deletes and
+chunks' lexemes into rag_keyword_fresh: that row is the whole of the chunk's
+share of the index until the compactor, run in the background by every
+retriever replica, moves its postings into blocks and the row into
+rag_chunk_lexemes (COMPACT_SQL). A search reads fresh chunks' postings whole
+and blocks by their bounds. Deletes and
 re-ingests take the chunks out of every block that holds them (found by a GIN
 index over the chunk ids); their lexemes go by cascade. Compaction changes no
 score and no statistic, so it bumps no index version.
@@ -51,8 +53,10 @@ BLOCK_SIZE = 128
 # Fresh chunks compacted and lexemes merged per transaction, and legacy
 # postings or chunks converted per conversion transaction: each holds its
 # namespace's lock for about a second at most.
-COMPACTION_BATCH_CHUNKS = 2000
+COMPACTION_BATCH_CHUNKS = 20_000
 MERGE_BATCH_LEXEMES = 2000
+# Runs of one lexeme that make it worth merging (MERGE_SQL).
+MERGE_AT_RUNS = 4
 CONVERSION_BATCH_POSTINGS = 50_000
 CONVERSION_BATCH_CHUNKS = 5000
 
@@ -62,14 +66,14 @@ _LOCK_SEED = 0x6B77_626C  # "kwbl"
 LOCK_NAMESPACE_SHARED_SQL = "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, $2))"
 _TRY_LOCK_NAMESPACE_SQL = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, $2))"
 
-# The chunks' lexemes, fresh, in one statement. $1 namespace, $2 document id,
+# The chunks' lexemes, into the compactor's queue, in one statement. $1 namespace, $2 document id,
 # $3 text search config, $4 title. Returns the document's keyword length (the
 # sum of its chunks' lengths).
 INDEX_DOCUMENT_SQL = """
 WITH chunk_lexemes AS (
-    INSERT INTO rag_chunk_lexemes (namespace, chunk_id, lexemes, length, fresh)
+    INSERT INTO rag_keyword_fresh (namespace, chunk_id, lexemes, length)
     SELECT c.namespace, c.id, v.lexemes,
-           (SELECT coalesce(sum(cardinality(t.positions)), 0) FROM unnest(v.lexemes) AS t), true
+           (SELECT coalesce(sum(cardinality(t.positions)), 0) FROM unnest(v.lexemes) AS t)
     FROM rag_chunks c
     CROSS JOIN LATERAL (SELECT to_tsvector($3::regconfig, $4 || ' ' || c.text) AS lexemes) AS v
     WHERE c.namespace = $1 AND c.document_id = $2
@@ -106,11 +110,11 @@ WHERE b.namespace = $1 AND b.chunk_ids && $2::bigint[]
 
 # Namespaces with fresh chunks, lexemes whose runs wait to be merged, or
 # legacy postings (and chunks without lexemes).
-_PENDING_NAMESPACES_SQL = """
+_PENDING_NAMESPACES_SQL = f"""
 SELECT namespace FROM (
-    SELECT DISTINCT namespace FROM rag_chunk_lexemes WHERE fresh
+    SELECT DISTINCT namespace FROM rag_keyword_fresh
     UNION
-    SELECT DISTINCT namespace FROM rag_keyword_unmerged
+    SELECT DISTINCT namespace FROM rag_keyword_unmerged WHERE runs >= {MERGE_AT_RUNS}
     UNION
     SELECT namespace FROM rag_keyword_stats s
     WHERE EXISTS (SELECT 1 FROM rag_postings p WHERE p.namespace = s.namespace)
@@ -120,26 +124,28 @@ ORDER BY namespace
 
 # Compact up to $2 fresh chunks (oldest first). Each compaction of a lexeme
 # writes a *run*: postings sorted by tf descending, then length, then chunk id,
-# cut into blocks of BLOCK_SIZE. A lexeme's fresh postings are merged with its
-# blocks that are not full into a new run, appended beside its earlier runs,
-# and the lexeme is noted in rag_keyword_unmerged; once the fresh postings are
-# as many as those already in blocks, all its runs are merged into one
-# instead. Appending keeps compaction cheap while documents stream in (the
-# doubling rule bounds how often a posting is rewritten as its lexeme grows);
-# merging matters because every run's first block has a high bound that the
-# search must read past. MERGE_SQL merges the noted lexemes' runs when no
-# fresh chunk waits. All CTEs read one snapshot: chunks committed meanwhile
-# wait for the next round. Returns the postings written.
-_COMPACT_SQL = f"""
-WITH settled AS (
-    UPDATE rag_chunk_lexemes f SET fresh = false
+# cut into blocks of BLOCK_SIZE. A lexeme's fresh postings become a new run
+# beside its earlier ones, and rag_keyword_unmerged counts its runs; once the
+# fresh postings are as many as those already in blocks, all its runs are
+# merged into one instead. Appending keeps compaction cheap while documents
+# stream in, and the doubling rule bounds how often a posting is rewritten as
+# its lexeme grows; merging matters because every run's first block has a
+# high bound that the search must read past, so MERGE_SQL merges a lexeme's
+# runs once there are MERGE_AT_RUNS of them and no fresh chunk waits. All
+# CTEs read one snapshot: chunks committed meanwhile wait for the next round.
+# Returns the postings written.
+_COMPACT_SQL = """
+WITH picked AS (
+    DELETE FROM rag_keyword_fresh f
     WHERE f.namespace = $1 AND f.chunk_id IN (
-        SELECT p.chunk_id FROM rag_chunk_lexemes p
-        WHERE p.namespace = $1 AND p.fresh
-        ORDER BY p.chunk_id
-        LIMIT $2
+        SELECT p.chunk_id FROM rag_keyword_fresh p WHERE p.namespace = $1 ORDER BY p.chunk_id LIMIT $2
     )
-    RETURNING f.chunk_id, f.lexemes, f.length
+    RETURNING f.namespace, f.chunk_id, f.lexemes, f.length
+),
+settled AS (
+    INSERT INTO rag_chunk_lexemes (namespace, chunk_id, lexemes, length)
+    SELECT namespace, chunk_id, lexemes, length FROM picked
+    RETURNING chunk_id, lexemes, length
 ),
 fresh_postings AS MATERIALIZED (
     SELECT t.lexeme, s.chunk_id, cardinality(t.positions) AS tf, s.length
@@ -155,7 +161,7 @@ sizes AS (
 moved_blocks AS (
     DELETE FROM rag_keyword_blocks b
     USING sizes s
-    WHERE b.namespace = $1 AND b.lexeme = s.lexeme AND (b.postings < {BLOCK_SIZE} OR s.whole)
+    WHERE b.namespace = $1 AND b.lexeme = s.lexeme AND s.whole
     RETURNING b.lexeme, b.chunk_ids, b.tfs, b.lengths
 ),
 merged AS (
@@ -164,13 +170,10 @@ merged AS (
     WHERE u.namespace = $1 AND u.lexeme = s.lexeme AND s.whole
 ),
 noted AS (
-    INSERT INTO rag_keyword_unmerged (namespace, lexeme)
-    SELECT $1, s.lexeme FROM sizes s
-    WHERE NOT s.whole AND EXISTS (
-        SELECT 1 FROM rag_keyword_blocks b
-        WHERE b.namespace = $1 AND b.lexeme = s.lexeme AND b.postings >= {BLOCK_SIZE}
-    )
-    ON CONFLICT DO NOTHING
+    INSERT INTO rag_keyword_unmerged AS u (namespace, lexeme, runs)
+    SELECT $1, s.lexeme, 2 FROM sizes s
+    WHERE NOT s.whole
+    ON CONFLICT (namespace, lexeme) DO UPDATE SET runs = u.runs + 1
 ),
 postings AS (
     SELECT lexeme, chunk_id, tf, length FROM fresh_postings
@@ -178,14 +181,17 @@ postings AS (
     SELECT m.lexeme, u.chunk_id, u.tf, u.length
     FROM moved_blocks m CROSS JOIN unnest(m.chunk_ids, m.tfs, m.lengths) AS u (chunk_id, tf, length)
 ),
-{{blocks}}
+{blocks}
 """
-# Merge all the runs of up to $2 noted lexemes into one each.
+# Merge all the runs of up to $2 lexemes that have at least $3 into one each.
 _MERGE_SQL = """
 WITH lexemes AS (
     DELETE FROM rag_keyword_unmerged u
     WHERE u.namespace = $1 AND u.lexeme IN (
-        SELECT l.lexeme FROM rag_keyword_unmerged l WHERE l.namespace = $1 ORDER BY l.lexeme LIMIT $2
+        SELECT l.lexeme FROM rag_keyword_unmerged l
+        WHERE l.namespace = $1 AND l.runs >= $3
+        ORDER BY l.runs DESC, l.lexeme
+        LIMIT $2
     )
     RETURNING u.lexeme
 ),
@@ -239,21 +245,23 @@ postings AS (
     + _BLOCKS_FROM_POSTINGS_SQL
 )
 
-# Write the lexemes of up to $3 chunks that have none (stored before blocks);
-# not fresh: their postings are in rag_postings, which CONVERT_POSTINGS_SQL moves.
+# Write the lexemes of up to $3 chunks that have none (stored before blocks):
+# not into the queue, since their postings are in rag_postings, which
+# CONVERT_POSTINGS_SQL moves.
 CONVERT_CHUNKS_SQL = """
 WITH missing AS (
     SELECT c.id, c.text, d.title FROM rag_chunks c
     JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
     WHERE c.namespace = $1
       AND NOT EXISTS (SELECT 1 FROM rag_chunk_lexemes l WHERE l.namespace = $1 AND l.chunk_id = c.id)
+      AND NOT EXISTS (SELECT 1 FROM rag_keyword_fresh f WHERE f.namespace = $1 AND f.chunk_id = c.id)
     ORDER BY c.id
     LIMIT $3
 ),
 written AS (
-    INSERT INTO rag_chunk_lexemes (namespace, chunk_id, lexemes, length, fresh)
+    INSERT INTO rag_chunk_lexemes (namespace, chunk_id, lexemes, length)
     SELECT $1, m.id, v.lexemes,
-           (SELECT coalesce(sum(cardinality(t.positions)), 0) FROM unnest(v.lexemes) AS t), false
+           (SELECT coalesce(sum(cardinality(t.positions)), 0) FROM unnest(v.lexemes) AS t)
     FROM missing m
     CROSS JOIN LATERAL (SELECT to_tsvector($2::regconfig, m.title || ' ' || m.text) AS lexemes) AS v
     RETURNING 1
@@ -314,7 +322,7 @@ async def maintain(conn: asyncpg.Connection, text_search_config: str) -> Mainten
             written = await conn.fetchval(COMPACT_SQL, namespace, COMPACTION_BATCH_CHUNKS)
             if not written:
                 # Nothing fresh: time to merge the runs appended meanwhile.
-                written = await conn.fetchval(MERGE_SQL, namespace, MERGE_BATCH_LEXEMES)
+                written = await conn.fetchval(MERGE_SQL, namespace, MERGE_BATCH_LEXEMES, MERGE_AT_RUNS)
             compacted += written
         if moved_chunks or moved_postings:
             left = await conn.fetchval("SELECT count(*) FROM rag_postings WHERE namespace = $1", namespace)

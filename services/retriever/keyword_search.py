@@ -110,9 +110,9 @@ WHERE b.namespace = $1 AND b.lexeme = ANY ($2::text[])
 UNION ALL
 SELECT t.lexeme, NULL, 1, cardinality(t.positions), f.length,
        ARRAY[f.chunk_id], ARRAY[cardinality(t.positions)], ARRAY[f.length]
-FROM rag_chunk_lexemes f
+FROM rag_keyword_fresh f
 CROSS JOIN LATERAL unnest(ts_filter(setweight(f.lexemes, 'A', $2::text[]), '{a}')) AS t
-WHERE f.fresh AND f.namespace = $1 AND tsvector_to_array(f.lexemes) && $2::text[]
+WHERE f.namespace = $1 AND tsvector_to_array(f.lexemes) && $2::text[]
 UNION ALL
 SELECT p.lexeme, NULL, 1, p.tf, p.chunk_length, ARRAY[p.chunk_id], ARRAY[p.tf], ARRAY[p.chunk_length]
 FROM rag_postings p
@@ -131,21 +131,25 @@ WHERE b.namespace = $1 AND b.id = ANY ($2::bigint[])
 # A chunk's tf for each query lexeme, from its own lexemes: setweight marks
 # the query's lexemes, ts_filter keeps only them (both by binary search in the
 # sorted tsvector), so the cost is per chunk, not per lexeme of the chunk.
-# Chunks written before the chunk lexemes existed are read from their text.
+# The lexemes are those of a compacted chunk, else of a fresh one; a chunk
+# written before chunk lexemes existed (not converted yet) is read from its
+# text. The Append stops at the first source that has the chunk.
 _RESOLVE_SQL = """
 SELECT i.id, v.length, t.lexeme, cardinality(t.positions) AS tf
 FROM unnest($2::bigint[]) AS i (id)
 {join}
-LEFT JOIN rag_chunk_lexemes f ON f.namespace = $1 AND f.chunk_id = i.id
 CROSS JOIN LATERAL (
-    SELECT f.lexemes, f.length WHERE f.chunk_id IS NOT NULL
+    SELECT l.lexemes, l.length FROM rag_chunk_lexemes l WHERE l.chunk_id = i.id AND l.namespace = $1
     UNION ALL
-    SELECT l.lexemes, (SELECT sum(cardinality(a.positions)) FROM unnest(l.lexemes) AS a)::int
+    SELECT f.lexemes, f.length FROM rag_keyword_fresh f WHERE f.chunk_id = i.id AND f.namespace = $1
+    UNION ALL
+    SELECT w.lexemes, (SELECT sum(cardinality(a.positions)) FROM unnest(w.lexemes) AS a)::int
     FROM (
         SELECT to_tsvector($4::regconfig, d.title || ' ' || c.text) AS lexemes
         FROM rag_chunks c JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
-        WHERE f.chunk_id IS NULL AND c.id = i.id
-    ) AS l
+        WHERE c.id = i.id
+    ) AS w
+    LIMIT 1
 ) AS v
 CROSS JOIN LATERAL unnest(ts_filter(setweight(v.lexemes, 'A', $3::text[]), '{{a}}')) AS t
 """

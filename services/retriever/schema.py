@@ -67,6 +67,7 @@ TABLES = (
     "rag_keyword_blocks",
     "rag_keyword_unmerged",
     "rag_chunk_lexemes",
+    "rag_keyword_fresh",
 )
 
 SETUP_COMMAND = "python -m services.retriever.database_setup"
@@ -288,28 +289,37 @@ CREATE INDEX rag_keyword_blocks_lexeme ON rag_keyword_blocks (namespace, lexeme)
 -- Which blocks hold a chunk: for deletes and re-ingests.
 CREATE INDEX rag_keyword_blocks_chunks ON rag_keyword_blocks USING gin (chunk_ids);
 
--- Lexemes with more than one run of blocks, merged when no fresh rows wait.
+-- Lexemes with more than one run of blocks, and how many (keyword_index.py).
 CREATE TABLE rag_keyword_unmerged (
     namespace text NOT NULL,
     lexeme    text NOT NULL,
+    runs      int  NOT NULL,
     PRIMARY KEY (namespace, lexeme)
 );
 
+-- Each compacted chunk's lexemes and length (chunk_id first: the cascade
+-- from rag_chunks looks rows up by it).
 CREATE TABLE rag_chunk_lexemes (
     namespace text     NOT NULL,
     chunk_id  bigint   NOT NULL REFERENCES rag_chunks (id) ON DELETE CASCADE,
     lexemes   tsvector NOT NULL,
     length    int      NOT NULL,
-    -- Postings not in blocks yet: the compactor's queue.
-    fresh     boolean  NOT NULL,
-    -- chunk_id first: the cascade from rag_chunks looks rows up by it.
     PRIMARY KEY (chunk_id, namespace)
 );
--- The fresh chunks holding a query's lexemes, and the compactor's queue:
--- partial, so they hold only what waits (a second or so of ingestion).
-CREATE INDEX rag_chunk_lexemes_fresh ON rag_chunk_lexemes
-    USING gin (tsvector_to_array(lexemes)) WHERE fresh;
-CREATE INDEX rag_chunk_lexemes_queue ON rag_chunk_lexemes (namespace, chunk_id) WHERE fresh;
+
+-- The same for chunks whose postings are not in blocks yet: the compactor's
+-- queue, which moves each row to rag_chunk_lexemes as it compacts it, so
+-- neither table is rewritten. Its GIN index finds the fresh chunks holding a
+-- query's lexemes; it holds only what waits (a second or so of ingestion).
+CREATE TABLE rag_keyword_fresh (
+    namespace text     NOT NULL,
+    chunk_id  bigint   NOT NULL REFERENCES rag_chunks (id) ON DELETE CASCADE,
+    lexemes   tsvector NOT NULL,
+    length    int      NOT NULL,
+    PRIMARY KEY (chunk_id, namespace)
+);
+CREATE INDEX rag_keyword_fresh_lexemes ON rag_keyword_fresh USING gin (tsvector_to_array(lexemes));
+CREATE INDEX rag_keyword_fresh_queue ON rag_keyword_fresh (namespace, chunk_id);
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -105,8 +105,8 @@ async def assert_index_is_whole(conn: asyncpg.Connection, namespace: str) -> Non
         WHERE b.namespace = $1
         UNION ALL
         SELECT t.lexeme, f.chunk_id, cardinality(t.positions), f.length
-        FROM rag_chunk_lexemes f CROSS JOIN unnest(f.lexemes) AS t
-        WHERE f.fresh AND f.namespace = $1
+        FROM rag_keyword_fresh f CROSS JOIN unnest(f.lexemes) AS t
+        WHERE f.namespace = $1
         ORDER BY 1, 2
         """,
         namespace,
@@ -162,7 +162,7 @@ async def test_random_corpora_and_queries_match_the_exhaustive_scorer(
         if compacted:
             await store.compact_keyword_index()
             fresh = await conn.fetchval(
-                "SELECT count(*) FROM rag_chunk_lexemes WHERE namespace = $1 AND fresh", namespace
+                "SELECT count(*) FROM rag_keyword_fresh WHERE namespace = $1", namespace
             )
             assert fresh == 0
         await assert_index_is_whole(conn, namespace)

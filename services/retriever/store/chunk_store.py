@@ -8,8 +8,8 @@ is scoped to one namespace; no query reads or writes another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -21,7 +21,7 @@ from services.common.timing import StageTimer
 from services.common.validation import require_namespace
 from services.retriever import keyword_index
 from services.retriever.filters import Filter
-from services.retriever.hybrid import Fusion, SearchMode, require_fusion
+from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, require_fusion
 from services.retriever.keyword import Bm25
 from services.retriever.keyword_index import MaintenanceRound
 from services.retriever.limits import (
@@ -57,6 +57,10 @@ from services.retriever.store.records import (
     UpsertOutcome,
 )
 from services.retriever.store.replicas import ReadReplicas, Replica
+
+# How long a hybrid search waits for a second connection before running its
+# legs one after the other on the first.
+SPARE_CONNECTION_WAIT_S = 0.01
 
 
 class ChunkStore:
@@ -328,20 +332,48 @@ class ChunkStore:
         timer = timer or StageTimer(trace.get_tracer(__name__), "rag.retriever")
         for replica in self._replicas.in_turn():
             try:
-                async with acquire(replica.pool, self._acquire_timeout_s) as conn:
-                    searched = await reads.search(
-                        conn, query, self._text_search_config, self._bm25, timer, min_index_version
-                    )
+                searched = await self._search_on(replica.pool, query, timer, min_index_version)
             except Unavailable as error:
                 self._replicas.failed(replica, error)
                 continue
             if searched is not None:
                 return searched
             break  # behind the caller's write: the primary has it
-        async with self._connection() as conn:
-            primary = await reads.search(conn, query, self._text_search_config, self._bm25, timer)
+        primary = await self._search_on(self._pool, query, timer, None)
         assert primary is not None  # no minimum asked of the primary
         return primary
+
+    async def _search_on(
+        self, pool: asyncpg.Pool, query: SearchQuery, timer: StageTimer, min_index_version: int | None
+    ) -> Searched | None:
+        async with acquire(pool, self._acquire_timeout_s) as conn, self._spare(pool, query) as spare:
+            return await reads.search(
+                conn, query, self._text_search_config, self._bm25, timer, min_index_version, spare
+            )
+
+    @asynccontextmanager
+    async def _spare(
+        self, pool: asyncpg.Pool, query: SearchQuery
+    ) -> AsyncIterator[asyncpg.Connection | None]:
+        """A second connection for a hybrid search's other leg, when one is free at once; else None.
+
+        Never waited for: a busy pool runs the legs one after the other
+        rather than hold a connection while waiting for another.
+        """
+        if query.mode is not SearchMode.HYBRID or (
+            pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size()
+        ):
+            yield None
+            return
+        try:
+            conn = await pool.acquire(timeout=SPARE_CONNECTION_WAIT_S)
+        except TimeoutError:
+            yield None
+            return
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
 
     async def search_dense(
         self,

@@ -6,6 +6,8 @@ and changes nothing, so any of them may run on a read replica.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Sequence
 
 import asyncpg
@@ -79,48 +81,80 @@ async def search(
     bm25: Bm25,
     timer: StageTimer,
     min_index_version: int | None = None,
+    spare: asyncpg.Connection | None = None,
 ) -> Searched | None:
     """The query's hits, best first: each leg, then fusion and the hits' fields, each a stage of `timer`.
 
-    One REPEATABLE READ transaction, so every statement reads the same
-    snapshot: the keyword leg's statistics and blocks agree, a chunk a leg
-    found is still there when its fields are fetched, and the index version
-    returned is the one of the data searched. None, before any leg runs, when
-    that version is below `min_index_version` (a replica behind a write the
-    caller has seen). The HNSW settings are transaction-local: they end with
-    the search.
+    One REPEATABLE READ snapshot for everything, so the keyword leg's
+    statistics and blocks agree, a chunk a leg found is still there when its
+    fields are fetched, and the index version returned is the one of the data
+    searched. None, before any leg runs, when that version is below
+    `min_index_version` (a replica behind a write the caller has seen).
+
+    With a `spare` connection a hybrid search runs its two legs at once, the
+    dense one on the spare in a transaction that imports this one's snapshot
+    (pg_export_snapshot / SET TRANSACTION SNAPSHOT): the same data, both
+    server processes busy. The HNSW settings are transaction-local: they end
+    with the search.
     """
-    dense: list[tuple[int, float]] = []
-    keyword: list[tuple[int, float]] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await index_version(conn, query.namespace)
         if min_index_version is not None and version < min_index_version:
             return None
-        if query.mode is not SearchMode.KEYWORD:
-            with timer.stage("dense", {"search.mode": query.mode.value}):
-                await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(query.ef_search))
-                sql, params = dense_leg_sql(query)
-                nearest = await conn.fetch(sql, *params)
-                dense = dense_ranking([(row["id"], row["distance"]) for row in nearest])
-        if query.mode is not SearchMode.DENSE:
-            assert query.text is not None
-            with timer.stage("keyword", {"search.mode": query.mode.value}) as span:
-                leg = await search_keyword(
-                    conn,
-                    query.namespace,
-                    query.text,
-                    query.depth,
-                    text_search_config=text_search_config,
-                    bm25=bm25,
-                    filter=query.filter,
-                )
-                _describe_keyword_leg(span, leg)
-                keyword = list(zip(leg.chunk_ids, leg.scores, strict=True))
+        legs = _Legs(query, text_search_config, bm25, timer)
+        if query.mode is SearchMode.HYBRID and spare is not None:
+            snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
+            if not _SNAPSHOT_ID.fullmatch(snapshot):
+                raise RuntimeError(f"unexpected snapshot id from the server: {snapshot!r}")
+            async with spare.transaction(isolation="repeatable_read", readonly=True):
+                await spare.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                dense, keyword = await asyncio.gather(legs.dense(spare), legs.keyword(conn))
+        else:
+            dense = await legs.dense(conn) if query.mode is not SearchMode.KEYWORD else []
+            keyword = await legs.keyword(conn) if query.mode is not SearchMode.DENSE else []
         with timer.stage("fusion", {"search.mode": query.mode.value}):
             ranked = fuse(query, dense, keyword)
             rows = await conn.fetch(HITS_SQL, [r.chunk_id for r in ranked])
     fields = {row["id"]: row for row in rows}
     return Searched([_hit(fields[r.chunk_id], r) for r in ranked], version)
+
+
+# What pg_export_snapshot returns: hex fields joined by dashes. Checked before
+# it is written into SET TRANSACTION SNAPSHOT, which takes no parameters.
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
+
+
+class _Legs:
+    """The two legs of one search, each timed as its own stage, on whichever connection is given."""
+
+    def __init__(self, query: SearchQuery, text_search_config: str, bm25: Bm25, timer: StageTimer) -> None:
+        self._query = query
+        self._text_search_config = text_search_config
+        self._bm25 = bm25
+        self._timer = timer
+        self._mode = {"search.mode": query.mode.value}
+
+    async def dense(self, conn: asyncpg.Connection) -> list[tuple[int, float]]:
+        with self._timer.stage("dense", self._mode):
+            await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(self._query.ef_search))
+            sql, params = dense_leg_sql(self._query)
+            nearest = await conn.fetch(sql, *params)
+        return dense_ranking([(row["id"], row["distance"]) for row in nearest])
+
+    async def keyword(self, conn: asyncpg.Connection) -> list[tuple[int, float]]:
+        assert self._query.text is not None
+        with self._timer.stage("keyword", self._mode) as span:
+            leg = await search_keyword(
+                conn,
+                self._query.namespace,
+                self._query.text,
+                self._query.depth,
+                text_search_config=self._text_search_config,
+                bm25=self._bm25,
+                filter=self._query.filter,
+            )
+            _describe_keyword_leg(span, leg)
+        return list(zip(leg.chunk_ids, leg.scores, strict=True))
 
 
 def _describe_keyword_leg(span: trace.Span, leg: KeywordLeg) -> None:
