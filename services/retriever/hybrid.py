@@ -102,7 +102,7 @@ HITS_SQL = """
 SELECT c.id, c.document_id, c.chunk_index, c.text, c.pages, c.metadata, d.title
 FROM rag_chunks c
 JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
-WHERE c.id = ANY ($1::bigint[])
+WHERE c.namespace = $1 AND c.id = ANY ($2::bigint[])
 """
 
 

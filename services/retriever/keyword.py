@@ -118,7 +118,8 @@ async def search_exhaustively(
     params: list[object] = [namespace]
     join = ""
     if filter is not None:
-        join = f"JOIN rag_chunks c ON c.id = s.id WHERE {compile_filter(filter, params, 'c.metadata')}"
+        condition = compile_filter(filter, params, "c.metadata")
+        join = f"JOIN rag_chunks c ON c.namespace = $1 AND c.id = s.id WHERE {condition}"
 
     def param(value: object) -> str:
         params.append(value)

@@ -147,7 +147,7 @@ CROSS JOIN LATERAL (
     FROM (
         SELECT to_tsvector($4::regconfig, d.title || ' ' || c.text) AS lexemes
         FROM rag_chunks c JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
-        WHERE c.id = i.id
+        WHERE c.namespace = $1 AND c.id = i.id
     ) AS w
     LIMIT 1
 ) AS v

@@ -322,6 +322,22 @@ CREATE INDEX rag_keyword_fresh_lexemes ON rag_keyword_fresh USING gin (tsvector_
 CREATE INDEX rag_keyword_fresh_queue ON rag_keyword_fresh (namespace, chunk_id);
 """
 
+# Every key holds the namespace, so the tables can be distributed by it
+# (Citus: co-located shards, each statement routed to one; docs/scaling.md).
+# rag_chunks' key was its id alone; the tables that point at chunks now
+# point at (namespace, id). NOT VALID: the rows are known to match (they were
+# checked against the id alone), so start-up need not scan them again.
+_NAMESPACE_IN_EVERY_KEY = """
+ALTER TABLE rag_chunks DROP CONSTRAINT rag_chunks_pkey CASCADE;
+ALTER TABLE rag_chunks ADD PRIMARY KEY (namespace, id);
+ALTER TABLE rag_postings ADD FOREIGN KEY (namespace, chunk_id)
+    REFERENCES rag_chunks (namespace, id) ON DELETE CASCADE NOT VALID;
+ALTER TABLE rag_chunk_lexemes ADD FOREIGN KEY (namespace, chunk_id)
+    REFERENCES rag_chunks (namespace, id) ON DELETE CASCADE NOT VALID;
+ALTER TABLE rag_keyword_fresh ADD FOREIGN KEY (namespace, chunk_id)
+    REFERENCES rag_chunks (namespace, id) ON DELETE CASCADE NOT VALID;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
     Migration(2, "BM25 keyword index: postings and per-namespace statistics", _create_keyword_index),
@@ -329,6 +345,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "per-namespace index version", _ADD_INDEX_VERSION),
     Migration(5, "failure records of documents that could not be ingested", _CREATE_DOCUMENT_FAILURES),
     Migration(6, "keyword index in blocks of postings, and each chunk's lexemes", _CREATE_KEYWORD_BLOCKS),
+    Migration(7, "the namespace in every key, for sharding by namespace", _NAMESPACE_IN_EVERY_KEY),
 )
 
 

@@ -114,7 +114,7 @@ async def search(
             keyword = await legs.keyword(conn) if query.mode is not SearchMode.DENSE else []
         with timer.stage("fusion", {"search.mode": query.mode.value}):
             ranked = fuse(query, dense, keyword)
-            rows = await conn.fetch(HITS_SQL, [r.chunk_id for r in ranked])
+            rows = await conn.fetch(HITS_SQL, query.namespace, [r.chunk_id for r in ranked])
     fields = {row["id"]: row for row in rows}
     return Searched([_hit(fields[r.chunk_id], r) for r in ranked], version)
 
