@@ -8,8 +8,9 @@ is scoped to one namespace; no query reads or writes another.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -57,6 +58,8 @@ from services.retriever.store.records import (
     UpsertOutcome,
 )
 from services.retriever.store.replicas import ReadReplicas, Replica
+
+T = TypeVar("T")
 
 # How long a hybrid search waits for a second connection before running its
 # legs one after the other on the first.
@@ -330,18 +333,26 @@ class ChunkStore:
             dimension=self._dimension,
         )
         timer = timer or StageTimer(trace.get_tracer(__name__), "rag.retriever")
+        searched = await self._on_a_replica(
+            lambda pool: self._search_on(pool, query, timer, min_index_version)
+        )
+        if searched is None:  # no replica in rotation, or behind the caller's write
+            searched = await self._search_on(self._pool, query, timer, None)
+        assert searched is not None  # no minimum is asked of the primary
+        return searched
+
+    async def _on_a_replica(self, read: Callable[[asyncpg.Pool], Awaitable[T | None]]) -> T | None:
+        """`read` on the next replica in rotation that answers; None when none did, or it returned None.
+
+        A replica that fails is taken out of rotation and the next one tried;
+        one that answers None (too far behind for this read) ends the turn.
+        """
         for replica in self._replicas.in_turn():
             try:
-                searched = await self._search_on(replica.pool, query, timer, min_index_version)
+                return await read(replica.pool)
             except Unavailable as error:
                 self._replicas.failed(replica, error)
-                continue
-            if searched is not None:
-                return searched
-            break  # behind the caller's write: the primary has it
-        primary = await self._search_on(self._pool, query, timer, None)
-        assert primary is not None  # no minimum asked of the primary
-        return primary
+        return None
 
     async def _search_on(
         self, pool: asyncpg.Pool, query: SearchQuery, timer: StageTimer, min_index_version: int | None
@@ -458,14 +469,13 @@ class ChunkStore:
         require_page_size(page_size)
         if "\x00" in after:
             raise InvalidArgument("after must not contain NUL characters", field="after")
-        for replica in self._replicas.in_turn():
-            try:
-                async with acquire(replica.pool, self._acquire_timeout_s) as conn:
-                    return await reads.list_documents(conn, namespace, state, page_size, after)
-            except Unavailable as error:
-                self._replicas.failed(replica, error)
-        async with self._connection() as conn:
-            return await reads.list_documents(conn, namespace, state, page_size, after)
+
+        async def list_on(pool: asyncpg.Pool) -> DocumentPage:
+            async with acquire(pool, self._acquire_timeout_s) as conn:
+                return await reads.list_documents(conn, namespace, state, page_size, after)
+
+        listed = await self._on_a_replica(list_on)
+        return listed if listed is not None else await list_on(self._pool)
 
 
 def _host_of(dsn: str) -> str:
