@@ -164,15 +164,20 @@ async def run_size(chunks: int, queries: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = [await run_size(chunks, args.queries) for chunks in args.chunks]
-    return {
+    """Every size in turn; without --json each size's tables print as soon as it is done."""
+    result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{describe()}, load average {load_average()} at the end",
         "queries": args.queries,
         "top_k": TOP_K,
         "candidate_depth": defaults.CANDIDATE_DEPTH,
-        "sizes": sizes,
+        "sizes": [],
     }
+    for chunks in args.chunks:
+        result["sizes"].append(await run_size(chunks, args.queries))
+        result["machine"] = f"{describe()}, load average {load_average()} at the end"
+        if not args.json:
+            report({**result, "sizes": result["sizes"][-1:]})
+    return result
 
 
 def report(result: dict[str, Any]) -> None:
@@ -233,8 +238,6 @@ def main() -> None:
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        report(result)
 
 
 if __name__ == "__main__":

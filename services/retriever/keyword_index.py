@@ -50,11 +50,12 @@ log = logging.getLogger(__name__)
 # reading a block is one page read, not a TOAST lookup.
 BLOCK_SIZE = 128
 
-# Fresh chunks compacted and lexemes merged per transaction, and legacy
+# Fresh chunks compacted and postings merged per transaction, and legacy
 # postings or chunks converted per conversion transaction: each holds its
-# namespace's lock for about a second at most.
-COMPACTION_BATCH_CHUNKS = 20_000
-MERGE_BATCH_LEXEMES = 2000
+# namespace's lock (which deletes wait for) for a second or two, far from the
+# statement timeout.
+COMPACTION_BATCH_CHUNKS = 5000
+MERGE_BATCH_POSTINGS = 300_000
 # Runs of one lexeme that make it worth merging (MERGE_SQL).
 MERGE_AT_RUNS = 4
 CONVERSION_BATCH_POSTINGS = 50_000
@@ -183,16 +184,29 @@ postings AS (
 ),
 {blocks}
 """
-# Merge all the runs of up to $2 lexemes that have at least $3 into one each.
+# Merge all the runs of lexemes that have at least $3 into one each, most
+# runs first, as many lexemes as fit in $2 postings (at least one).
 _MERGE_SQL = """
-WITH lexemes AS (
+WITH candidates AS (
+    SELECT l.lexeme, l.runs,
+           (SELECT sum(b.postings) FROM rag_keyword_blocks b WHERE b.namespace = $1 AND b.lexeme = l.lexeme)
+               AS postings
+    FROM rag_keyword_unmerged l
+    WHERE l.namespace = $1 AND l.runs >= $3
+    ORDER BY l.runs DESC, l.lexeme
+    LIMIT 1000
+),
+chosen AS (
+    SELECT c.lexeme FROM (
+        SELECT lexeme, sum(postings) OVER (ORDER BY runs DESC, lexeme) AS running,
+               row_number() OVER (ORDER BY runs DESC, lexeme) AS place
+        FROM candidates
+    ) AS c
+    WHERE c.running <= $2 OR c.place = 1
+),
+lexemes AS (
     DELETE FROM rag_keyword_unmerged u
-    WHERE u.namespace = $1 AND u.lexeme IN (
-        SELECT l.lexeme FROM rag_keyword_unmerged l
-        WHERE l.namespace = $1 AND l.runs >= $3
-        ORDER BY l.runs DESC, l.lexeme
-        LIMIT $2
-    )
+    WHERE u.namespace = $1 AND u.lexeme IN (SELECT lexeme FROM chosen)
     RETURNING u.lexeme
 ),
 moved AS (
@@ -322,7 +336,7 @@ async def maintain(conn: asyncpg.Connection, text_search_config: str) -> Mainten
             written = await conn.fetchval(COMPACT_SQL, namespace, COMPACTION_BATCH_CHUNKS)
             if not written:
                 # Nothing fresh: time to merge the runs appended meanwhile.
-                written = await conn.fetchval(MERGE_SQL, namespace, MERGE_BATCH_LEXEMES, MERGE_AT_RUNS)
+                written = await conn.fetchval(MERGE_SQL, namespace, MERGE_BATCH_POSTINGS, MERGE_AT_RUNS)
             compacted += written
         if moved_chunks or moved_postings:
             left = await conn.fetchval("SELECT count(*) FROM rag_postings WHERE namespace = $1", namespace)
