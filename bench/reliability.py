@@ -1,5 +1,5 @@
 """Reliability of the whole stack under load, service kills, a PostgreSQL restart, interrupted ingests,
-overload and requests at and over the gateway's caps.
+overload, requests at and over the gateway's caps, and a read replica killed.
 
     python bench/reliability.py [--quick] [--only PHASE ...]
 
@@ -45,6 +45,16 @@ key and the retriever its database role) serves every phase:
    gateway's RSS is sampled (reliability_bench/caps.py). Criterion: only OK,
    INVALID_ARGUMENT and RESOURCE_EXHAUSTED, each kind as its size calls for,
    and the gateway's peak RSS under its pod's memory limit in k8s/base.
+7. Read replica killed and restarted: a streaming standby of the embedded
+   PostgreSQL (pg_basebackup) becomes the retriever's read replica (the
+   retriever restarted with RETRIEVER_READ_DATABASE_URLS). Phase 1's load; a
+   third of kill_window_s in, SIGKILL to the standby's postmaster; a third
+   later pg_ctl start; the load goes on until the retriever logs the replica
+   in rotation again, and a third more. Then the retriever runs without it
+   again (reliability_bench/replica.py). Criterion: only OK and
+   RESOURCE_EXHAUSTED before, during and after the outage (reads fall back to
+   the primary), and the standby's scans of rag_chunks growing before the kill
+   and after its return (reads did go to it).
 
 Phases are isolated: each runs with a time limit, an exception fails it alone,
 and after it the stack is checked (PostgreSQL takes a query, the four services
@@ -74,6 +84,7 @@ from reliability_bench.isolation import PhaseFunction, run_isolated
 from reliability_bench.load import LOAD_NAMESPACE, channel
 from reliability_bench.outages import phase_kills, phase_postgres
 from reliability_bench.postgres_control import embedded_postgres
+from reliability_bench.replica import phase_replica
 from reliability_bench.settings import FULL, QUICK, SERVICE_ENV, Settings
 from reliability_bench.steady import phase_load, phase_overload
 from reliability_bench.table import Phase, report
@@ -86,6 +97,7 @@ PHASES: dict[str, PhaseFunction] = {
     "ingest": phase_ingest,
     "overload": phase_overload,
     "caps": phase_caps,
+    "replica": phase_replica,
 }
 
 

@@ -384,7 +384,10 @@ class ChunkStore:
         try:
             yield conn
         finally:
-            await pool.release(conn)
+            # With the pool's own budget: asyncpg would reuse the short acquire
+            # timeout for the reset query, and a slow reset would close the
+            # connection and fail the search.
+            await pool.release(conn, timeout=self._acquire_timeout_s)
 
     async def search_dense(
         self,
