@@ -56,6 +56,14 @@ BLOCK_SIZE = 128
 # statement timeout.
 COMPACTION_BATCH_CHUNKS = 5000
 MERGE_BATCH_POSTINGS = 300_000
+# Dead block rows (left by compaction's rewrites) that make the compactor
+# vacuum the blocks table, once they are also a quarter of the live rows.
+VACUUM_AT_DEAD_ROWS = 10_000
+_BLOCKS_CHURN_SQL = """
+SELECT coalesce(n_dead_tup, 0) AS dead, coalesce(n_live_tup, 0) AS live
+FROM pg_stat_user_tables WHERE relid = 'rag_keyword_blocks'::regclass
+"""
+
 # Runs of one lexeme that make it worth merging (MERGE_SQL).
 MERGE_AT_RUNS = 4
 CONVERSION_BATCH_POSTINGS = 50_000
@@ -350,7 +358,28 @@ async def maintain(conn: asyncpg.Connection, text_search_config: str) -> Mainten
             )
         converted += moved_postings
         chunks += moved_chunks
+    if compacted or converted:
+        await _vacuum_blocks_if_churned(conn)
     return MaintenanceRound(compacted, converted, chunks, busy)
+
+
+async def _vacuum_blocks_if_churned(conn: asyncpg.Connection) -> None:
+    """VACUUM the blocks once compaction has left dead rows worth a quarter of the live ones.
+
+    Compaction rewrites blocks (merges, appends that outgrow a lexeme's runs);
+    vacuumed promptly, the space of the old rows goes to the new ones and the
+    table stays near the size of what it holds, instead of growing by every
+    rewrite until autovacuum comes round on busy cores. Without the statement
+    timeout: a large table takes longer to vacuum than a call may run.
+    """
+    dead, live = await conn.fetchrow(_BLOCKS_CHURN_SQL)
+    if dead < VACUUM_AT_DEAD_ROWS or dead * 4 < live:
+        return
+    await conn.execute("SET statement_timeout = 0")
+    try:
+        await conn.execute("VACUUM rag_keyword_blocks")
+    finally:
+        await conn.execute("RESET statement_timeout")
 
 
 async def maintain_until_done(conn: asyncpg.Connection, text_search_config: str) -> MaintenanceRound:
