@@ -92,6 +92,7 @@ COPY gen ./gen
 COPY services ./services
 COPY gateway ./gateway
 COPY rag_cli ./rag_cli
+COPY clients/python/src ./clients/python/src
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- Dependency layers -------------------------------------------------------

@@ -234,7 +234,7 @@ class IngestPipeline:
             span.set_attribute("rag.gateway.chunks", len(chunks))
             span.set_attribute("rag.gateway.embed_batches", len(batches))
             responses = embed_stream(
-                self._up.embedder,
+                self._up.embedder_streams,
                 batches,
                 # Chunks are cut to fit the model, so one too long to embed
                 # whole is a bug: the embedder rejects it (INVALID_ARGUMENT)

@@ -155,6 +155,11 @@ def _public_error(service: str, error: grpc.aio.AioRpcError, origins: FieldOrigi
 @dataclass
 class Upstreams:
     embedder: embedder_pb2_grpc.EmbedderServiceAsyncStub
+    # The same target on a channel of its own, for ingest's EmbedStream calls alone, so that
+    # round_robin takes turns over the replicas stream by stream. On the shared channel an
+    # ingest's Info and Chunk calls take turns too, and successive streams can all land on one
+    # replica (bench/ingest_scale.py: 48 of 60 streams on one of two, the other's core idle).
+    embedder_streams: embedder_pb2_grpc.EmbedderServiceAsyncStub
     retriever: retriever_pb2_grpc.RetrieverServiceAsyncStub
     generator: generator_pb2_grpc.GeneratorServiceAsyncStub
     channels: list[grpc.aio.Channel]
@@ -176,13 +181,15 @@ class Upstreams:
             return open_channel(target, tracer_provider, max_message_bytes, policy, signing)
 
         embedder = channel(EMBEDDER, embedder_target)
+        embedder_streams = channel(EMBEDDER, embedder_target)
         retriever = channel(RETRIEVER, retriever_target)
         generator = channel(GENERATOR, generator_target)
         return cls(
             embedder=embedder_pb2_grpc.EmbedderServiceStub(embedder),
+            embedder_streams=embedder_pb2_grpc.EmbedderServiceStub(embedder_streams),
             retriever=retriever_pb2_grpc.RetrieverServiceStub(retriever),
             generator=generator_pb2_grpc.GeneratorServiceStub(generator),
-            channels=[embedder, retriever, generator],
+            channels=[embedder, embedder_streams, retriever, generator],
         )
 
     async def close(self) -> None:

@@ -1,62 +1,63 @@
-"""The CLI's connection to the gateway: TLS (settings: rag_cli/settings.py) and the API key.
+"""The CLI's connection to the gateway: the light client (rag_client), made from the CLI's settings.
 
-The key is a bearer credential: whoever reads it can use it. So it is attached
-here, where the channel is made, and only to a channel that is either TLS or to
-a target on this machine (rag_cli/targets.py); a plaintext channel to anywhere
-else with a key is refused before anything is sent.
+rag_client decides everything about the channel, as for any other program: TLS,
+the API key and where it may travel (over TLS, or in plaintext only to a target
+on this machine), the retry of UNAVAILABLE, each call's deadline, and failures
+as RagError. What the CLI adds is its own words: its settings are environment
+variables (rag_cli/settings.py), so a setting the client refuses is named as
+the variable to set, not as the client's argument.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
-import grpc
+from rag_cli.settings import TLS_CA_FILE_VARIABLE, TLS_PREFIX
+from rag_client import AsyncRagClient, ClientConfigError, PlaintextKeyRefused, RagClient, Tls
 
-from rag_cli.settings import TLS_CA_FILE_VARIABLE
-from rag_cli.targets import is_loopback_target
-from services.common.channel_config import service_config
-from services.common.tls import ClientTls
+Client = TypeVar("Client", RagClient, AsyncRagClient)
+
+# rag_client names a TLS file by its argument ("Tls.ca_file=..."); the CLI by its variable.
+_TLS_VARIABLES = {
+    f"Tls.{name}=": f"{TLS_PREFIX}{name.upper()}=" for name in ("ca_file", "cert_file", "key_file")
+}
 
 
-class PlaintextKeyRefused(ValueError):
-    """An API key would travel unencrypted to another machine."""
+def gateway_client(target: str, tls: Tls | None, api_key: str | None, timeout_s: float) -> RagClient:
+    """A blocking client of the gateway at `target`; timeout_s is every call's deadline.
 
-
-def gateway_channel(target: str, tls: ClientTls | None, api_key: str | None = None) -> grpc.Channel:
-    """A channel to the gateway that retries UNAVAILABLE, like the gateway's own channels.
-
-    With api_key, every call carries it; raises PlaintextKeyRefused when the
-    channel would be plaintext (no TLS) to a target off this machine.
+    Raises PlaintextKeyRefused (a ValueError) for an API key over plaintext to a
+    target off this machine, and ClientConfigError for TLS files it cannot read,
+    each naming the variable to set.
     """
-    if api_key and tls is None and not is_loopback_target(target):
+    return _made(RagClient, target, tls, api_key, timeout_s)
+
+
+def async_gateway_client(
+    target: str, tls: Tls | None, api_key: str | None, timeout_s: float
+) -> AsyncRagClient:
+    """gateway_client for asyncio; make it inside the event loop that uses it."""
+    return _made(AsyncRagClient, target, tls, api_key, timeout_s)
+
+
+def _made(
+    kind: Callable[..., Client], target: str, tls: Tls | None, api_key: str | None, timeout_s: float
+) -> Client:
+    try:
+        return kind(target, api_key=api_key, tls=tls, timeout_s=timeout_s)
+    except PlaintextKeyRefused as refused:
         raise PlaintextKeyRefused(
             f"refusing to send the API key in plaintext to {target}: set {TLS_CA_FILE_VARIABLE} to the CA"
             " file of the gateway's certificate to connect over TLS (a key goes in plaintext only to"
             " 127.0.0.0/8, ::1, localhost and unix: targets)"
-        )
-    options: list[tuple[str, str | int]] = [
-        ("grpc.service_config", service_config()),
-        ("grpc.enable_retries", 1),
-    ]
-    if tls is None:
-        channel = grpc.insecure_channel(target, options=options)
-    else:
-        channel = grpc.secure_channel(target, tls.credentials(), options=[*options, *tls.channel_options()])
-    return grpc.intercept_channel(channel, _ApiKey(api_key)) if api_key else channel
+        ) from refused
+    except ClientConfigError as error:
+        raise ClientConfigError(_in_cli_terms(str(error))) from error
 
 
-class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
-    """Adds 'authorization: Bearer <key>' to every call."""
-
-    def __init__(self, key: str) -> None:
-        self._metadata = ("authorization", f"Bearer {key}")
-
-    def _with_key(self, details: Any) -> Any:
-        return details._replace(metadata=[*(details.metadata or ()), self._metadata])
-
-    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
-
-    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-        return continuation(self._with_key(details), request)
+def _in_cli_terms(message: str) -> str:
+    for argument, variable in _TLS_VARIABLES.items():
+        if message.startswith(argument):
+            return variable + message.removeprefix(argument)
+    return message

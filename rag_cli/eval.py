@@ -24,12 +24,13 @@ import grpc
 from tqdm import tqdm
 
 from rag.common.v1 import common_pb2
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.gateway.v1 import gateway_pb2
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import beir, metrics
-from rag_cli.client import gateway_channel
+from rag_cli.client import gateway_client
 from rag_cli.render import upsert_status
 from rag_cli.terminal import echo
+from rag_client import RagClient, RagError
 from services.common.limits import MAX_TOP_K
 
 MODES = {
@@ -133,11 +134,10 @@ def run(args: argparse.Namespace) -> int:
     if not queries:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
-    with gateway_channel(args.gateway, args.settings.tls, args.api_key) as channel:
-        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
-        ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size, args.timeout)
+    with gateway_client(args.gateway, args.settings.tls, args.api_key, args.timeout) as gateway:
+        ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size)
         results = [
-            _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k, args.timeout)
+            _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k)
             for mode in dict.fromkeys(args.modes)
         ]
     report = {
@@ -162,59 +162,42 @@ def default_namespace(folder: Path) -> str:
 
 
 def ingest_corpus(
-    gateway: gateway_pb2_grpc.GatewayServiceStub,
-    namespace: str,
-    corpus: Sequence[beir.CorpusDocument],
-    batch_size: int,
-    timeout: float,
+    gateway: RagClient, namespace: str, corpus: Sequence[beir.CorpusDocument], batch_size: int
 ) -> IngestSummary:
     documents = [document for document in corpus if document.text.strip()]
     statuses = Counter(dict.fromkeys(STATUSES, 0))
     with tqdm(total=len(documents), unit="doc", desc="ingesting") as progress:
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
-            request = gateway_pb2.IngestDocumentsRequest(
-                namespace=namespace,
-                documents=[gateway_pb2.Document(id=d.id, title=d.title, text=d.text) for d in batch],
+            response = gateway.ingest_documents(
+                namespace, [gateway_pb2.Document(id=d.id, title=d.title, text=d.text) for d in batch]
             )
-            response = gateway.IngestDocuments(request, timeout=timeout)
             statuses.update(upsert_status(result.status) for result in response.results)
             progress.update(len(batch))
     return IngestSummary(len(corpus), len(corpus) - len(documents), dict(statuses))
 
 
 def _evaluate_or_rejected(
-    gateway: gateway_pb2_grpc.GatewayServiceStub,
-    namespace: str,
-    mode: str,
-    queries: Sequence[beir.Query],
-    top_k: int,
-    timeout: float,
+    gateway: RagClient, namespace: str, mode: str, queries: Sequence[beir.Query], top_k: int
 ) -> ModeResult:
     """One mode's result, or its error when the gateway does not offer the mode."""
     try:
-        return evaluate_mode(gateway, namespace, mode, queries, top_k, timeout)
-    except grpc.RpcError as error:
-        if error.code() not in MODE_REJECTIONS:
+        return evaluate_mode(gateway, namespace, mode, queries, top_k)
+    except RagError as error:
+        if error.code not in MODE_REJECTIONS:
             raise
-        return ModeResult(mode, error=f"{error.code().name}: {error.details()}")
+        return ModeResult(mode, error=f"{error.code.name}: {error.message}")
 
 
 def evaluate_mode(
-    gateway: gateway_pb2_grpc.GatewayServiceStub,
-    namespace: str,
-    mode: str,
-    queries: Sequence[beir.Query],
-    top_k: int,
-    timeout: float,
+    gateway: RagClient, namespace: str, mode: str, queries: Sequence[beir.Query], top_k: int
 ) -> ModeResult:
     retrieval = gateway_pb2.RetrievalOptions(top_k=top_k, mode=MODES[mode])
     scores: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
     for query in tqdm(queries, unit="query", desc=mode):
-        request = gateway_pb2.SearchRequest(namespace=namespace, query=query.text, retrieval=retrieval)
         started = time.perf_counter()
-        response = gateway.Search(request, timeout=timeout)
+        response = gateway.search(namespace, query.text, retrieval=retrieval)
         latencies["total"].append((time.perf_counter() - started) * 1000)
         for stage, duration_ms in stage_durations(response.timings).items():
             latencies[stage].append(duration_ms)

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import grpc
 from tqdm import tqdm
 
 from rag.common.v1 import common_pb2
-from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.gateway.v1 import gateway_pb2
 from rag.retriever.v1 import retriever_pb2
-from rag_cli import documents, keys, render
+from rag_cli import bulk, documents, keys, render
 from rag_cli import eval as evaluation
-from rag_cli.client import gateway_channel
+from rag_cli.client import async_gateway_client, gateway_client
 from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack
 from rag_cli.terminal import echo
+from rag_client import RagClient, RagError
 from services.common.registry import DEFAULT_PORTS, GATEWAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +32,8 @@ MODES = {
 }
 
 
-def _gateway(args: argparse.Namespace) -> gateway_pb2_grpc.GatewayServiceStub:
-    channel = gateway_channel(args.gateway, args.settings.tls, args.api_key)
-    return gateway_pb2_grpc.GatewayServiceStub(channel)
+def _gateway(args: argparse.Namespace) -> RagClient:
+    return gateway_client(args.gateway, args.settings.tls, args.api_key, args.timeout)
 
 
 def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
@@ -48,21 +48,16 @@ def ingest(args: argparse.Namespace) -> int:
     if not (files := found.files):
         echo("no .txt, .md, .pdf or .html files found", error=True)
         return 1
-    gateway = _gateway(args)
     counts: dict[str, int] = {}
     failed: list[gateway_pb2.DocumentResult] = []
     with tqdm(total=len(files), unit="doc", desc="ingesting") as progress:
-        for batch in documents.batches(files, args.batch_size, args.batch_bytes):
-            request = gateway_pb2.IngestDocumentsRequest(
-                namespace=args.namespace, documents=[documents.to_document(f, root) for f, root in batch]
-            )
-            response = gateway.IngestDocuments(request, timeout=args.timeout)
-            for result in response.results:
-                status = render.upsert_status(result.status)
-                counts[status] = counts.get(status, 0) + 1
-                if result.status == retriever_pb2.UPSERT_STATUS_FAILED:
-                    failed.append(result)
-            progress.update(len(batch))
+        responses = asyncio.run(_send(args, files, progress.update))
+    for response in responses:
+        for result in response.results:
+            status = render.upsert_status(result.status)
+            counts[status] = counts.get(status, 0) + 1
+            if result.status == retriever_pb2.UPSERT_STATUS_FAILED:
+                failed.append(result)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     echo(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
     for result in failed:
@@ -70,53 +65,55 @@ def ingest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def ask(args: argparse.Namespace) -> int:
-    request = gateway_pb2.AskRequest(
-        namespace=args.namespace, question=args.question, retrieval=_retrieval(args), skip_cache=args.no_cache
+async def _send(
+    args: argparse.Namespace, files: list[tuple[Path, Path]], on_sent: Callable[[int], object]
+) -> list[gateway_pb2.IngestDocumentsResponse]:
+    """The files in batches, args.concurrency calls at once; each batch's files read as it is sent."""
+    batches = (
+        [documents.to_document(file, root) for file, root in batch]
+        for batch in documents.batches(files, args.batch_size, args.batch_bytes)
     )
-    if not getattr(args, "stream", False):
-        echo(render.answer(_gateway(args).Ask(request, timeout=args.timeout)))
-        return 0
-    stream = _gateway(args).AskStream(gateway_pb2.AskStreamRequest(request=request), timeout=args.timeout)
-    for event in stream:
-        kind = event.WhichOneof("event")
-        if kind == "delta":
-            echo(event.delta.text, end="", flush=True)
-        elif kind == "final":
-            echo("\n\n" + render.answer_details(event.final))
+    async with async_gateway_client(args.gateway, args.settings.tls, args.api_key, args.timeout) as client:
+        return await bulk.send_batches(client, args.namespace, batches, args.concurrency, on_sent)
+
+
+def ask(args: argparse.Namespace) -> int:
+    retrieval, skip_cache = _retrieval(args), args.no_cache
+    with _gateway(args) as gateway:
+        if not getattr(args, "stream", False):
+            answer = gateway.ask(args.namespace, args.question, retrieval=retrieval, skip_cache=skip_cache)
+            echo(render.answer(answer))
+            return 0
+        events = gateway.ask_stream(args.namespace, args.question, retrieval=retrieval, skip_cache=skip_cache)
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                echo(event.delta.text, end="", flush=True)
+            elif kind == "final":
+                echo("\n\n" + render.answer_details(event.final))
     return 0
 
 
 def search(args: argparse.Namespace) -> int:
-    request = gateway_pb2.SearchRequest(
-        namespace=args.namespace, query=args.query, retrieval=_retrieval(args)
-    )
-    echo(render.search(_gateway(args).Search(request, timeout=args.timeout)))
+    with _gateway(args) as gateway:
+        echo(render.search(gateway.search(args.namespace, args.query, retrieval=_retrieval(args))))
     return 0
 
 
 def list_documents(args: argparse.Namespace) -> int:
     state = retriever_pb2.DOCUMENT_STATE_FAILED if args.failed else retriever_pb2.DOCUMENT_STATE_UNSPECIFIED
-    gateway, page_token, listed = _gateway(args), "", 0
-    while True:
-        page = gateway.ListDocuments(
-            gateway_pb2.ListDocumentsRequest(
-                namespace=args.namespace, state=state, page_size=500, page_token=page_token
-            ),
-            timeout=args.timeout,
-        )
-        for document in page.documents:
+    listed = 0
+    with _gateway(args) as gateway:
+        for document in gateway.iter_documents(args.namespace, state=state, page_size=500):
             echo(render.document_line(document))
-        listed += len(page.documents)
-        if not (page_token := page.next_page_token):
-            break
+            listed += 1
     echo(f"{listed} {'failed ' if args.failed else ''}documents in {args.namespace!r}")
     return 0
 
 
 def delete(args: argparse.Namespace) -> int:
-    request = gateway_pb2.DeleteDocumentsRequest(namespace=args.namespace, document_ids=args.ids)
-    response = _gateway(args).DeleteDocuments(request, timeout=args.timeout)
+    with _gateway(args) as gateway:
+        response = gateway.delete_documents(args.namespace, args.ids)
     echo(f"deleted {response.deleted_documents} documents ({response.deleted_chunks} chunks)")
     return 0
 
@@ -224,6 +221,15 @@ def _parser(settings: CliSettings) -> argparse.ArgumentParser:
         default=3 * 1024 * 1024,
         help="file bytes per request at most (one larger file goes alone)",
     )
+    command.add_argument(
+        "--concurrency",
+        type=int,
+        choices=range(1, bulk.MAX_CONCURRENCY + 1),
+        default=bulk.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"requests in flight at once, 1..{bulk.MAX_CONCURRENCY} (default %(default)s): they spread"
+        " the embedding over the gateway's embedder replicas",
+    )
     command.set_defaults(run=ingest)
 
     for name, run, help_text in (("ask", ask, "answer a question"), ("search", search, "retrieval only")):
@@ -249,12 +255,21 @@ def _parser(settings: CliSettings) -> argparse.ArgumentParser:
     return parser
 
 
+def failure(error: RagError) -> str:
+    """The status and the gateway's message, then each request field at fault and any retry hint."""
+    lines = [f"error: {error.code.name}: {error.message}"]
+    lines += [f"  {violation.field}: {violation.description}" for violation in error.field_violations]
+    if error.retry_delay is not None:
+        lines.append(f"  retry in {error.retry_delay.total_seconds():g} s")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(CliSettings()).parse_args(argv)
     try:
         code: int = args.run(args)
-    except grpc.RpcError as error:
-        echo(f"error: {error.code().name}: {error.details()}", error=True)
+    except RagError as error:
+        echo(failure(error), error=True)
         return 2
     except (FileNotFoundError, ValueError) as error:
         echo(f"error: {error}", error=True)

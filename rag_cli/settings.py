@@ -20,8 +20,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag_client import Tls
 from services.common.registry import GATEWAY
-from services.common.tls import ClientTls
+from services.common.tls import check_pair
 
 PREFIX = "RAG_"
 TLS_PREFIX = f"{PREFIX}TLS_"
@@ -43,10 +44,10 @@ class CliSettings(BaseSettings):
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
 
     @property
-    def tls(self) -> ClientTls | None:
-        """TLS towards the gateway, or None for plaintext; a certificate without its key is refused here."""
+    def tls(self) -> Tls | None:
+        """TLS towards the gateway, or None for plaintext; a certificate without its key is refused here,
+        naming both variables."""
         if self.tls_ca_file is None:
             return None
-        return ClientTls(
-            self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name, TLS_PREFIX
-        )
+        check_pair(self.tls_cert_file, self.tls_key_file, TLS_PREFIX)
+        return Tls(self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name)

@@ -1,4 +1,4 @@
-"""The CLI sends an API key in plaintext only to a target on this machine."""
+"""The CLI sends an API key in plaintext only to a target on this machine, and names its own settings."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from rag_cli.client import PlaintextKeyRefused, gateway_channel
+from rag_cli.client import gateway_client
 from rag_cli.main import main
 from rag_cli.settings import TLS_CA_FILE_VARIABLE
-from rag_cli.targets import is_loopback_target
-from services.common.tls import ClientTls
+from rag_client import PlaintextKeyRefused, Tls
+from rag_client.targets import is_loopback_target
 from tests.e2e.test_tls import make_pki
 
 KEY = "rag_team-a_not-a-real-secret"
+TIMEOUT_S = 5.0
 LOOPBACK_TARGETS = [
     "127.0.0.1:50050",
     "127.8.9.10:50050",
@@ -59,17 +60,17 @@ def test_remote_targets(target: str) -> None:
 @pytest.mark.parametrize("target", REMOTE_TARGETS)
 def test_a_key_is_not_sent_in_plaintext_to_another_machine(target: str) -> None:
     with pytest.raises(PlaintextKeyRefused, match=TLS_CA_FILE_VARIABLE):
-        gateway_channel(target, None, KEY)
+        gateway_client(target, None, KEY, TIMEOUT_S)
 
 
 def test_a_key_goes_in_plaintext_to_loopback_and_over_tls_anywhere(tmp_path: Path) -> None:
-    tls = ClientTls(make_pki(tmp_path).ca)
+    tls = Tls(make_pki(tmp_path).ca)
 
-    with gateway_channel("localhost:50050", None, KEY) as plaintext_local:
+    with gateway_client("localhost:50050", None, KEY, TIMEOUT_S) as plaintext_local:
         assert plaintext_local is not None
-    with gateway_channel("rag.example.com:50050", tls, KEY) as tls_remote:
+    with gateway_client("rag.example.com:50050", tls, KEY, TIMEOUT_S) as tls_remote:
         assert tls_remote is not None
-    with gateway_channel("rag.example.com:50050", None) as plaintext_remote_without_key:
+    with gateway_client("rag.example.com:50050", None, None, TIMEOUT_S) as plaintext_remote_without_key:
         assert plaintext_remote_without_key is not None
 
 
@@ -85,3 +86,34 @@ def test_the_command_names_what_to_set_and_never_shows_the_key(
     assert error.startswith("error: refusing to send the API key in plaintext to rag.example.com:50050")
     assert f"set {TLS_CA_FILE_VARIABLE}" in error
     assert KEY not in error
+
+
+@pytest.mark.parametrize(
+    ("variables", "said"),
+    [
+        ({"RAG_TLS_CA_FILE": "{missing}"}, "error: RAG_TLS_CA_FILE={missing}: cannot read"),
+        ({"RAG_TLS_CA_FILE": "{not_pem}"}, "error: RAG_TLS_CA_FILE={not_pem}: not a PEM file"),
+        (
+            {"RAG_TLS_CA_FILE": "{ca}", "RAG_TLS_CERT_FILE": "{ca}"},
+            "error: set both RAG_TLS_CERT_FILE and RAG_TLS_KEY_FILE, or neither",
+        ),
+    ],
+)
+def test_a_tls_setting_that_cannot_work_is_named_by_its_variable(
+    variables: dict[str, str],
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = {"missing": tmp_path / "missing.crt", "not_pem": tmp_path / "ca.txt", "ca": make_pki(tmp_path).ca}
+    files["not_pem"].write_text("not a certificate")
+    for name in ("RAG_TLS_CERT_FILE", "RAG_TLS_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.format(**files))
+
+    code = main(["--gateway", "rag.example.com:50050", "search", "anything"])
+
+    assert code == 2
+    assert capsys.readouterr().err.startswith(said.format(**files))

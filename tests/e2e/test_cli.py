@@ -64,6 +64,16 @@ def test_errors_are_reported_with_their_status(stack: Stack, capsys: pytest.Capt
     assert "INVALID_ARGUMENT: namespace must be" in capsys.readouterr().err
 
 
+def test_errors_name_the_request_fields_at_fault(
+    stack: Stack, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _rag(stack, namespace, "search", "anything", "--top-k", "0") == 2
+
+    status, *violations = capsys.readouterr().err.splitlines()
+    assert status == "error: INVALID_ARGUMENT: retrieval.top_k must be 1..100, got 0"
+    assert violations == ["  retrieval.top_k: retrieval.top_k must be 1..100, got 0"]
+
+
 def test_keys_edit_the_gateways_keys_file_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,7 +30,7 @@ from gateway.config import UPSTREAM_TLS_PREFIX
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
-from rag_cli.client import gateway_channel
+from rag_cli.client import gateway_client
 from rag_cli.settings import CliSettings
 from rag_cli.stack import Stack, free_port
 from services.common.registry import (
@@ -263,13 +263,13 @@ def _ingest_runbook(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str
 def test_cli_channel_searches_over_tls_through_mtls_upstreams(
     tls_system: TlsSystem, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The CLI's own channel, configured as a user would: RAG_TLS_CA_FILE.
+    # The CLI's own client, configured as a user would: RAG_TLS_CA_FILE.
     monkeypatch.setenv("RAG_TLS_CA_FILE", str(tls_system.pki.ca))
     cli_tls = CliSettings().tls
-    with gateway_channel(f"localhost:{tls_system.processes.ports['gateway']}", cli_tls) as channel:
-        gateway = gateway_pb2_grpc.GatewayServiceStub(channel)
-        _ingest_runbook(gateway, namespace)
-        reply = gateway.Search(gateway_pb2.SearchRequest(namespace=namespace, query=QUESTION), timeout=30)
+    target = f"localhost:{tls_system.processes.ports['gateway']}"
+    with gateway_client(target, cli_tls, None, 60) as gateway:
+        gateway.ingest_documents(namespace, [sample_document(RUNBOOK)])
+        reply = gateway.search(namespace, QUESTION, timeout_s=30)
     assert reply.hits, "the Search went gateway -> embedder -> retriever over mTLS"
     assert reply.hits[0].document_id == RUNBOOK
 

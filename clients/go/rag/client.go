@@ -4,8 +4,8 @@
 // Dial makes the one connection a program needs: TLS when a CA file is given
 // (with a client certificate for mTLS), plaintext otherwise; the API key sent as
 // "authorization: Bearer <key>" on every call, but never in plaintext to another
-// machine; and a deadline for every call whose context has none. The Python CLI's
-// channel (rag_cli/client.py) follows the same rules.
+// machine; and a deadline for every call whose context has none. The Python
+// client (rag_client, which the CLI uses) follows the same rules.
 package rag
 
 import (

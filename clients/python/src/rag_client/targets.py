@@ -7,8 +7,7 @@ socket, the name "localhost", or an address in 127.0.0.0/8 or ::1 (also as
 ::ffff:127.x.y.z). Anything else, including a name that might resolve to
 loopback, counts as remote: the check must never call a remote target local.
 
-The same rule as the `rag` CLI's (rag_cli/targets.py), which this distribution
-cannot import: it depends on grpcio and protobuf only.
+The `rag` CLI uses this rule too: it connects through this client.
 """
 
 from __future__ import annotations
