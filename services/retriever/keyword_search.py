@@ -73,11 +73,6 @@ from services.retriever.keyword_index import BLOCK_SIZE
 # has a few hundred words); each costs an index range of headers.
 MAX_QUERY_TERMS = 256
 
-# The first round trip fetches, per query lexeme, about its best block, and
-# enough blocks besides to hold `depth` postings; each later round fetches
-# twice as many as the one before, so a search that must read B blocks takes
-# about log2(B / first batch) round trips.
-
 # Scoring a chunk exactly from its own lexemes costs about as much as reading
 # this many postings in blocks (measured: about 3.5 us a chunk against 0.3 us a
 # posting); it decides between scoring the contenders and reading on.
@@ -239,7 +234,12 @@ async def search_keyword(
             return scores.leg(depth, blocks_read=0, postings_read=0, terminated_early=True)
     scan = _Scan(query)
     scan.add(*unsorted)
+    seen = scan.seen()
     read = 0
+    # The first round trip fetches, per query lexeme, about its best block, and
+    # enough blocks besides to hold `depth` postings; each later round fetches
+    # twice as many as the one before, so a search that must read B blocks
+    # takes about log2(B / first batch) round trips.
     batch = len(terms) + -(-depth // BLOCK_SIZE)
     while read < len(query.block_ids):
         ids = query.block_ids[read : read + batch]
@@ -248,11 +248,13 @@ async def search_keyword(
         batch *= 2
         scan.count_read(query.block_terms[:read])
         seen = scan.seen()
-        if filter is not None and scores.theta(seen, depth) == 0:
+        theta = scores.theta(seen, depth)
+        if filter is not None and theta == 0:
             # Only chunks known to pass the filter may set theta: score the
             # most promising exactly, or reading could never stop.
             await scores.resolve(seen.best_pending(scores, depth))
-        theta = scores.theta(seen, depth) * (1 - _MARGIN)
+            theta = scores.theta(seen, depth)
+        theta *= 1 - _MARGIN
         if scan.frontier() >= theta:
             continue  # a chunk in no block read yet could still rank
         # Every chunk that can rank has been seen. Score the contenders
@@ -262,7 +264,7 @@ async def search_keyword(
         next_postings = int(query.block_postings[read : read + batch].sum())
         if unresolved * SCORING_COST_IN_POSTINGS <= next_postings:
             break
-    seen = scan.seen()
+    # `seen` is of every block read: the loop refreshes it after each batch.
     theta = scores.theta(seen, depth) * (1 - _MARGIN)
     contenders = seen.possible() >= theta
     # A chunk whose unseen lexemes can add nothing has its exact score already.
