@@ -32,7 +32,8 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 test-tools: $(VENV)/.test-tools
 
-# Debian packages the tests use: Go and grpc-go (the Go client), promtool.
+# Debian packages the tests and lint use: Go, grpc-go and the protoc Go plugins
+# (the Go client and its stubs' staleness check), promtool.
 system-tools:
 	scripts/install_system_tools.sh
 
@@ -42,7 +43,7 @@ run: install
 test: test-tools system-tools
 	$(PYTHON) -m pytest
 
-lint: dev
+lint: dev system-tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
