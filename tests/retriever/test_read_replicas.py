@@ -67,7 +67,14 @@ async def store(cluster: Cluster) -> AsyncIterator[ChunkStore]:
     chunk_store = await ChunkStore.connect(
         cluster.primary_dsn, dimension=DIMENSION, read_dsns=[cluster.replica_dsn], max_replica_lag_ms=60_000
     )
-    await chunk_store.check_replicas()
+
+    # A standby still replaying the primary's last writes is out of rotation
+    # until it catches up, as the service's once-a-second check would find.
+    async def in_rotation() -> bool:
+        await chunk_store.check_replicas()
+        return [r.in_rotation for r in chunk_store.replicas] == [True]
+
+    await until(in_rotation)
     yield chunk_store
     await chunk_store.close()
 
