@@ -56,9 +56,16 @@ class IngestSummary:
     documents: int
     skipped_blank: int
     statuses: Mapping[str, int]
+    # The namespace's index version after the ingest: the searches read at least this.
+    index_version: int
 
     def to_json(self) -> dict[str, int]:
-        return {"documents": self.documents, "skipped_blank_text": self.skipped_blank, **self.statuses}
+        return {
+            "documents": self.documents,
+            "skipped_blank_text": self.skipped_blank,
+            **self.statuses,
+            "index_version": self.index_version,
+        }
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     with gateway_client(args.gateway, args.settings.tls, args.api_key, args.timeout) as gateway:
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size)
         results = [
-            _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k)
+            _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k, ingested.index_version)
             for mode in dict.fromkeys(args.modes)
         ]
     report = {
@@ -166,6 +173,7 @@ def ingest_corpus(
 ) -> IngestSummary:
     documents = [document for document in corpus if document.text.strip()]
     statuses = Counter(dict.fromkeys(STATUSES, 0))
+    index_version = 0
     with tqdm(total=len(documents), unit="doc", desc="ingesting") as progress:
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
@@ -173,16 +181,22 @@ def ingest_corpus(
                 namespace, [gateway_pb2.Document(id=d.id, title=d.title, text=d.text) for d in batch]
             )
             statuses.update(upsert_status(result.status) for result in response.results)
+            index_version = max(index_version, response.index_version)
             progress.update(len(batch))
-    return IngestSummary(len(corpus), len(corpus) - len(documents), dict(statuses))
+    return IngestSummary(len(corpus), len(corpus) - len(documents), dict(statuses), index_version)
 
 
 def _evaluate_or_rejected(
-    gateway: RagClient, namespace: str, mode: str, queries: Sequence[beir.Query], top_k: int
+    gateway: RagClient,
+    namespace: str,
+    mode: str,
+    queries: Sequence[beir.Query],
+    top_k: int,
+    min_index_version: int,
 ) -> ModeResult:
     """One mode's result, or its error when the gateway does not offer the mode."""
     try:
-        return evaluate_mode(gateway, namespace, mode, queries, top_k)
+        return evaluate_mode(gateway, namespace, mode, queries, top_k, min_index_version)
     except RagError as error:
         if error.code not in MODE_REJECTIONS:
             raise
@@ -190,9 +204,18 @@ def _evaluate_or_rejected(
 
 
 def evaluate_mode(
-    gateway: RagClient, namespace: str, mode: str, queries: Sequence[beir.Query], top_k: int
+    gateway: RagClient,
+    namespace: str,
+    mode: str,
+    queries: Sequence[beir.Query],
+    top_k: int,
+    min_index_version: int,
 ) -> ModeResult:
-    retrieval = gateway_pb2.RetrievalOptions(top_k=top_k, mode=MODES[mode])
+    """Searches every query; with min_index_version (the ingest's token), on data at least that recent,
+    so a read replica behind the ingest does not score an index missing part of the corpus."""
+    retrieval = gateway_pb2.RetrievalOptions(
+        top_k=top_k, mode=MODES[mode], min_index_version=min_index_version
+    )
     scores: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
     for query in tqdm(queries, unit="query", desc=mode):

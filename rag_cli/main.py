@@ -14,7 +14,7 @@ from tqdm import tqdm
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2
 from rag.retriever.v1 import retriever_pb2
-from rag_cli import bulk, documents, keys, render
+from rag_cli import bulk, consistency, documents, keys, render
 from rag_cli import eval as evaluation
 from rag_cli.client import async_gateway_client, gateway_client
 from rag_cli.settings import CliSettings
@@ -38,7 +38,17 @@ def _gateway(args: argparse.Namespace) -> RagClient:
 
 def _retrieval(args: argparse.Namespace) -> gateway_pb2.RetrievalOptions:
     mode = MODES[args.mode] if args.mode else common_pb2.SEARCH_MODE_UNSPECIFIED
-    return gateway_pb2.RetrievalOptions(top_k=args.top_k, mode=mode)  # None leaves top_k unset
+    min_index_version = consistency.min_index_version(
+        args.after_ingest, args.min_index_version, args.settings.state_dir, args.gateway, args.namespace
+    )
+    # None leaves a field unset.
+    return gateway_pb2.RetrievalOptions(top_k=args.top_k, mode=mode, min_index_version=min_index_version)
+
+
+def _record_index_version(args: argparse.Namespace, index_version: int) -> None:
+    """Prints a write's consistency token and keeps it for the next command's --after-ingest."""
+    consistency.record(args.settings.state_dir, args.gateway, args.namespace, index_version)
+    echo(f"index version {index_version}: search or ask with --after-ingest to read at least this")
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -60,6 +70,8 @@ def ingest(args: argparse.Namespace) -> int:
                 failed.append(result)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     echo(f"ingested {len(files)} documents into {args.namespace!r}: {summary}")
+    # Calls side by side commit in any order: the largest version covers them all.
+    _record_index_version(args, max(response.index_version for response in responses))
     for result in failed:
         echo(f"  failed: {result.document_id}: {result.error}", error=True)
     return 1 if failed else 0
@@ -115,6 +127,7 @@ def delete(args: argparse.Namespace) -> int:
     with _gateway(args) as gateway:
         response = gateway.delete_documents(args.namespace, args.ids)
     echo(f"deleted {response.deleted_documents} documents ({response.deleted_chunks} chunks)")
+    _record_index_version(args, response.index_version)
     return 0
 
 
@@ -237,6 +250,19 @@ def _parser(settings: CliSettings) -> argparse.ArgumentParser:
         command.add_argument("question" if name == "ask" else "query")
         command.add_argument("--top-k", "-k", type=int, help="sources to retrieve (default: the server's)")
         command.add_argument("--mode", choices=list(MODES), help="search mode (default: the server's)")
+        consistent = command.add_mutually_exclusive_group()
+        consistent.add_argument(
+            "--after-ingest",
+            action="store_true",
+            help="read data at least as recent as the last `rag ingest` or `rag delete` into this namespace,"
+            " even from a read replica that lags behind it",
+        )
+        consistent.add_argument(
+            "--min-index-version",
+            type=consistency.parse_token,
+            metavar="VERSION",
+            help="read data at least as recent as index version VERSION (what a write printed)",
+        )
         if name == "ask":
             command.add_argument("--stream", action="store_true", help="print the answer as it is written")
             command.add_argument("--no-cache", action="store_true", help="answer afresh, not from the cache")

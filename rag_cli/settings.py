@@ -5,7 +5,8 @@ options. The connection to the gateway is plaintext unless RAG_TLS_CA_FILE names
 the CA the gateway's certificate chains to (an API key is sent in plaintext only
 to a target on this machine, rag_cli/client.py); RAG_TLS_CERT_FILE and
 RAG_TLS_KEY_FILE add a client certificate (mTLS), and RAG_TLS_SERVER_NAME checks
-the certificate against that name instead of the target's host.
+the certificate against that name instead of the target's host. RAG_STATE_DIR is
+where writes record their index version for --after-ingest (rag_cli/consistency.py).
 
 Two are the services' own settings, read under the same names: the gateway's
 GATEWAY_API_KEYS_FILE is the file `rag keys` edits by default, and DATABASE_URL
@@ -20,6 +21,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag_cli import consistency
 from rag_client import Tls
 from services.common.registry import GATEWAY
 from services.common.tls import check_pair
@@ -42,6 +44,8 @@ class CliSettings(BaseSettings):
     tls_server_name: str | None = None
     api_keys_file: Path | None = Field(None, validation_alias=f"{GATEWAY.env_prefix}API_KEYS_FILE")
     database_url: SecretStr | None = Field(None, validation_alias="DATABASE_URL")
+    # Where `rag ingest` and `rag delete` record their index version for --after-ingest.
+    state_dir: Path = Field(default_factory=consistency.default_state_dir)
 
     @property
     def tls(self) -> Tls | None:

@@ -19,6 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = REPO_ROOT / "samples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cli_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where `rag` commands run by tests record index versions: never the user's own state folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        state_dir = tmp_path_factory.mktemp("rag-state")
+        patch.setenv("RAG_STATE_DIR", str(state_dir))
+        yield state_dir
+
+
 @pytest.fixture(scope="session")
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,12 @@ def test_ingest_ask_search_and_delete(
     assert found.startswith("[1] expense-policy.md#")
     assert "[3]" not in found
     assert "deleted 1 documents" in deleted
+    # Each write prints its consistency token, the delete's the newer.
+    ingest_version, delete_version = (
+        int(re.search(r"index version (\d+):", output)[1])  # type: ignore[index]
+        for output in (ingested, deleted)
+    )
+    assert delete_version > ingest_version
 
 
 def test_ask_stream_prints_the_answer_then_its_sources(

@@ -18,6 +18,7 @@ import pytest
 
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
+from rag_cli.main import main
 from rag_cli.stack import Stack
 from services.common.registry import GATEWAY_UPSTREAMS, RETRIEVER, upstream_target_variable
 from tests.e2e.replicas import Replicas
@@ -37,9 +38,9 @@ def frozen_standby(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="module")
-def gateway_over_standby(
+def gateway_over_standby_target(
     stack: Stack, frozen_standby: StreamingReplica, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+) -> Iterator[str]:
     replicas = Replicas(stack, tmp_path_factory.mktemp("replica-processes"))
     primary = stack.shared_environment()["DATABASE_URL"]
     replicas.start(
@@ -51,10 +52,14 @@ def gateway_over_standby(
     targets = {upstream_target_variable(u): stack.target(u.name) for u in GATEWAY_UPSTREAMS}
     targets[upstream_target_variable(RETRIEVER)] = replicas.target("retriever-r")
     replicas.start(["gateway-r"], **targets)
-    channel = grpc.insecure_channel(replicas.target("gateway-r"))
-    yield gateway_pb2_grpc.GatewayServiceStub(channel)
-    channel.close()
+    yield replicas.target("gateway-r")
     replicas.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway_over_standby(gateway_over_standby_target: str) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+    with grpc.insecure_channel(gateway_over_standby_target) as channel:
+        yield gateway_pb2_grpc.GatewayServiceStub(channel)
 
 
 def ingest(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, doc_id: str, text: str) -> int:
@@ -106,6 +111,37 @@ def test_the_token_reads_a_write_the_standby_has_not_replayed_and_the_cache_stay
             assert answer.cached is expect_cached
             assert answer.outcome == generator_pb2.ANSWER_OUTCOME_ANSWERED
             assert [s.hit.document_id for s in answer.sources if s.cited] == ["parking"]
+    finally:
+        asyncio.run(frozen_standby.execute("SELECT pg_wal_replay_resume()"))
+
+
+def test_the_cli_reads_its_own_ingest_with_after_ingest(
+    gateway_over_standby_target: str,
+    frozen_standby: StreamingReplica,
+    namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def rag(*args: str) -> str:
+        assert main(["--gateway", gateway_over_standby_target, "--namespace", namespace, *args]) == 0
+        return capsys.readouterr().out
+
+    (tmp_path / "staging.md").write_text(BEFORE)
+    rag("ingest", str(tmp_path / "staging.md"))
+    # Once the standby has the first document, searches without the token are served there.
+    for _ in range(100):
+        if "staging.md" in rag("search", QUESTION):
+            break
+    asyncio.run(frozen_standby.execute("SELECT pg_wal_replay_pause()"))
+    try:
+        (tmp_path / "parking.md").write_text(AFTER)
+        ingested = rag("ingest", str(tmp_path / "parking.md"))
+
+        assert "parking.md" not in rag("search", QUESTION)
+        assert "parking.md" in rag("search", QUESTION, "--after-ingest")
+        version = int(ingested.split("index version ")[1].split(":")[0])
+        assert "parking.md" in rag("search", QUESTION, "--min-index-version", str(version))
+        assert "parking.md" in rag("ask", QUESTION, "--after-ingest", "--no-cache")
     finally:
         asyncio.run(frozen_standby.execute("SELECT pg_wal_replay_resume()"))
 
