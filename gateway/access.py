@@ -45,6 +45,8 @@ NAMESPACE_FIELDS: Mapping[str, str] = {
     "IngestDocuments": "namespace",
     "DeleteDocuments": "namespace",
     "ListDocuments": "namespace",
+    "SubmitFeedback": "namespace",
+    "ListFeedback": "namespace",
 }
 
 

@@ -125,6 +125,11 @@ DELETE = FieldOrigins({"namespace": "namespace", "document_ids": "document_ids",
 LIST = FieldOrigins(
     {"namespace": "namespace", "state": "state", "page_size": "page_size", "page_token": "page_token"}
 )
+# So do SubmitFeedback and ListFeedback.
+SUBMIT_FEEDBACK = FieldOrigins(
+    {"namespace": "namespace", "question": "question", "items": "items", "answer_rating": "answer_rating"}
+)
+LIST_FEEDBACK = FieldOrigins({"namespace": "namespace", "page_size": "page_size", "page_token": "page_token"})
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from gateway.answer_cache import AnswerCache
 from gateway.auth import Authorizer
 from gateway.config import GatewaySettings
 from gateway.extraction import FileLimits, FileReader
+from gateway.feedback import FeedbackRelay
 from gateway.ingest import IngestPipeline
 from gateway.query import QueryPipeline
 from gateway.servicer import GatewayServicer
@@ -41,6 +42,7 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         IngestPipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window),
         settings,
         FileReader(FileLimits.from_settings(settings)),
+        FeedbackRelay(upstreams),
     )
     admission = Admission(settings.max_in_flight, settings.in_flight_per_key)
     access = AccessInterceptor(SERVICE, authorizer, admission)

@@ -1,4 +1,4 @@
-"""GatewayService: validates requests, then hands them to the query or the ingest pipeline.
+"""GatewayService: validates requests, then hands them to the query or the ingest pipeline, or feedback.
 
 Every call reaches a handler here only once the access interceptor
 (gateway/access.py) has checked its API key, admission and its namespace, so
@@ -17,6 +17,7 @@ from gateway import instruments, requests
 from gateway.concurrency import Deadline
 from gateway.config import GatewaySettings
 from gateway.extraction import FileReader
+from gateway.feedback import FeedbackRelay
 from gateway.ingest import IngestPipeline
 from gateway.query import QueryPipeline
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -34,11 +35,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         documents: IngestPipeline,
         settings: GatewaySettings,
         files: FileReader,
+        feedback: FeedbackRelay,
     ) -> None:
         self._queries = queries
         self._documents = documents
         self._settings = settings
         self._files = files
+        self._feedback = feedback
         self._tracer = trace.get_tracer(__name__)
 
     def _begin(self, context: Context) -> tuple[StageTimer, Deadline]:
@@ -126,3 +129,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         # Paging and state are checked by the retriever, which owns them.
         _, deadline = self._begin(context)
         return await self._documents.list_documents(request, Tenant(request.namespace), deadline)
+
+    async def SubmitFeedback(
+        self, request: gateway_pb2.SubmitFeedbackRequest, context: Context
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        # The question as every question; the judgments and the namespace's documents by the retriever.
+        requests.question(request.question, self._settings, "question")
+        _, deadline = self._begin(context)
+        return await self._feedback.submit(request, Tenant(request.namespace), deadline)
+
+    async def ListFeedback(
+        self, request: gateway_pb2.ListFeedbackRequest, context: Context
+    ) -> gateway_pb2.ListFeedbackResponse:
+        # Paging is checked by the retriever, which owns it.
+        _, deadline = self._begin(context)
+        return await self._feedback.list_feedback(request, Tenant(request.namespace), deadline)

@@ -47,8 +47,14 @@ METRICS: tuple[tuple[str, str, Metric, int], ...] = (
 )
 PERCENTILES = (50, 95)
 STATUSES = ("created", "updated", "unchanged")
-# The gateway's answer when it does not offer a mode; any other failure ends the run.
-MODE_REJECTIONS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
+# The gateway's answer when it does not offer a mode, or has no reranker (FAILED_PRECONDITION);
+# any other failure ends the run.
+MODE_REJECTIONS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+RERANKED_SUFFIX = "+rerank"
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     command.add_argument(
         "--batch-size", type=_int_in(1, 256), default=64, metavar="N", help="documents per request"
     )
+    command.add_argument(
+        "--query-ids",
+        type=Path,
+        metavar="FILE",
+        help="run only the judged queries whose ids this file lists, one per line (such as the"
+        " validation-queries.txt of a model `rag reranker train` wrote)",
+    )
+    command.add_argument(
+        "--rerank",
+        action="store_true",
+        help="also run each mode with the retriever's rerank stage on, as a row of its own",
+    )
+    command.add_argument(
+        "--rerank-top-n",
+        type=_int_in(1, MAX_TOP_K),
+        metavar="N",
+        help="with --rerank: candidates the reranker reorders (default: the retriever's)",
+    )
     command.set_defaults(run=run)
 
 
@@ -137,15 +161,24 @@ def _int_in(low: int, high: int | None) -> Callable[[str], int]:
 
 def run(args: argparse.Namespace) -> int:
     dataset = beir.load(args.dataset, args.split)
-    queries = dataset.queries[: args.limit]
+    queries = dataset.queries
+    if args.query_ids:
+        queries = [query for query in queries if query.id in read_query_ids(args.query_ids)]
+    queries = queries[: args.limit]
     if not queries:
         raise beir.DatasetError(f"{args.dataset}: no query in split {args.split!r} has a relevant document")
     namespace = args.eval_namespace or default_namespace(args.dataset)
+    reranks: list[common_pb2.RerankParams | None] = [None]
+    if args.rerank:
+        reranks.append(common_pb2.RerankParams(enabled=True, candidates=args.rerank_top_n))
     with gateway_client(args.gateway, args.settings.tls, args.api_key, args.timeout) as gateway:
         ingested = ingest_corpus(gateway, namespace, dataset.corpus, args.batch_size)
         results = [
-            _evaluate_or_rejected(gateway, namespace, mode, queries, args.top_k, ingested.index_version)
+            _evaluate_or_rejected(
+                gateway, namespace, mode, queries, args.top_k, ingested.index_version, rerank
+            )
             for mode in dict.fromkeys(args.modes)
+            for rerank in reranks
         ]
     report = {
         "dataset": dataset.name,
@@ -160,6 +193,15 @@ def run(args: argparse.Namespace) -> int:
     }
     echo(json.dumps(report, indent=2) if args.as_json else render(report))
     return 2 if any(result.error for result in results) else 0
+
+
+def read_query_ids(path: Path) -> set[str]:
+    """The ids a --query-ids file lists, one per line; blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def default_namespace(folder: Path) -> str:
@@ -193,14 +235,16 @@ def _evaluate_or_rejected(
     queries: Sequence[beir.Query],
     top_k: int,
     min_index_version: int,
+    rerank: common_pb2.RerankParams | None = None,
 ) -> ModeResult:
-    """One mode's result, or its error when the gateway does not offer the mode."""
+    """One mode's result, or its error when the gateway does not offer the mode (or the reranker)."""
     try:
-        return evaluate_mode(gateway, namespace, mode, queries, top_k, min_index_version)
+        return evaluate_mode(gateway, namespace, mode, queries, top_k, min_index_version, rerank)
     except RagError as error:
         if error.code not in MODE_REJECTIONS:
             raise
-        return ModeResult(mode, error=f"{error.code.name}: {error.message}")
+        name = mode + (RERANKED_SUFFIX if rerank else "")
+        return ModeResult(name, error=f"{error.code.name}: {error.message}")
 
 
 def evaluate_mode(
@@ -210,15 +254,24 @@ def evaluate_mode(
     queries: Sequence[beir.Query],
     top_k: int,
     min_index_version: int,
+    rerank: common_pb2.RerankParams | None = None,
 ) -> ModeResult:
     """Searches every query; with min_index_version (the ingest's token), on data at least that recent,
-    so a read replica behind the ingest does not score an index missing part of the corpus."""
+    so a read replica behind the ingest does not score an index missing part of the corpus.
+
+    With `rerank`, the retriever's rerank stage runs as it says, and the result is named mode+rerank;
+    without, the stage is off whatever the retriever's default.
+    """
     retrieval = gateway_pb2.RetrievalOptions(
-        top_k=top_k, mode=MODES[mode], min_index_version=min_index_version
+        top_k=top_k,
+        mode=MODES[mode],
+        min_index_version=min_index_version,
+        rerank=rerank or common_pb2.RerankParams(enabled=False),
     )
+    row = mode + (RERANKED_SUFFIX if rerank else "")
     scores: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
-    for query in tqdm(queries, unit="query", desc=mode):
+    for query in tqdm(queries, unit="query", desc=row):
         started = time.perf_counter()
         response = gateway.search(namespace, query.text, retrieval=retrieval)
         latencies["total"].append((time.perf_counter() - started) * 1000)
@@ -229,7 +282,7 @@ def evaluate_mode(
         for name, _, metric, k in METRICS:
             scores[name].append(metric(ranking, gains, k))
     return ModeResult(
-        mode,
+        row,
         queries=len(queries),
         metrics={name: statistics.fmean(values) for name, values in scores.items()},
         latency_ms={stage: _percentiles(values) for stage, values in latencies.items()},

@@ -85,6 +85,16 @@ class Waves(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.ListDocumentsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
 
+    async def SubmitFeedback(
+        self, request: gateway_pb2.SubmitFeedbackRequest, context: Context
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
+
+    async def ListFeedback(
+        self, request: gateway_pb2.ListFeedbackRequest, context: Context
+    ) -> gateway_pb2.ListFeedbackResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
+
 
 @contextlib.asynccontextmanager
 async def _serving(servicer: Waves) -> AsyncIterator[str]:

@@ -140,6 +140,18 @@ ORIGIN_TABLES: list[tuple[str, FieldOrigins, type[Message], type[Message]]] = [
         retriever_pb2.ListDocumentsRequest,
         gateway_pb2.ListDocumentsRequest,
     ),
+    (
+        "SubmitFeedback",
+        error_details.SUBMIT_FEEDBACK,
+        retriever_pb2.SubmitFeedbackRequest,
+        gateway_pb2.SubmitFeedbackRequest,
+    ),
+    (
+        "ListFeedback",
+        error_details.LIST_FEEDBACK,
+        retriever_pb2.ListFeedbackRequest,
+        gateway_pb2.ListFeedbackRequest,
+    ),
 ]
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.errors import InvalidArgument
@@ -19,7 +19,6 @@ from services.retriever.limits import (
     DEFAULT_POOL_MIN_SIZE,
     DEFAULT_RERANK_BUDGET_MS,
     DEFAULT_RERANK_CANDIDATES,
-    DEFAULT_RERANK_MAX_LENGTH,
     DEFAULT_RRF_K,
     DEFAULT_STATEMENT_TIMEOUT_MS,
     MAX_BM25_B,
@@ -32,6 +31,15 @@ from services.retriever.limits import (
     MAX_RERANK_CANDIDATES,
     MAX_RRF_K,
     MAX_STATEMENT_TIMEOUT_MS,
+)
+from services.retriever.rerank_folder import DEFAULT_ONNX_FILE, require_relative_onnx_file
+from services.retriever.rerank_loading import DEFAULT_RERANK_BACKEND, RerankBackend
+from services.retriever.rerank_stage import (
+    DEFAULT_RERANK_FUSION,
+    DEFAULT_RERANK_FUSION_K,
+    DEFAULT_RERANK_FUSION_WEIGHT,
+    RerankFusion,
+    RerankFusionMode,
 )
 from services.retriever.schema import (
     DEFAULT_HNSW_EF_CONSTRUCTION,
@@ -90,19 +98,43 @@ class RetrieverSettings(ServerSettings):
     default_keyword_weight: float = Field(DEFAULT_LEG_WEIGHT, ge=0, le=MAX_LEG_WEIGHT)
     default_candidate_depth: int = Field(DEFAULT_CANDIDATE_DEPTH, ge=1, le=MAX_CANDIDATE_DEPTH)
 
-    # Cross-encoder for the rerank stage: a sentence-transformers CrossEncoder
-    # name or local path. Unset: no rerank stage.
+    # Cross-encoder for the rerank stage: a model folder (`rag reranker train`
+    # writes them; services/retriever/rerank_folder.py), or with the torch
+    # backend also a Hugging Face name. Unset: no rerank stage.
     rerank_model: str | None = None
+    # onnx: ONNX Runtime runs the folder's rerank_onnx_file (relative to the
+    # folder; onnx/model_int8.onnx is the quantized one). torch: the
+    # sentence-transformers CrossEncoder, on rerank_device.
+    rerank_backend: RerankBackend = DEFAULT_RERANK_BACKEND
+    rerank_onnx_file: str = DEFAULT_ONNX_FILE
     rerank_device: str = "cpu"
-    rerank_max_length: int = Field(DEFAULT_RERANK_MAX_LENGTH, ge=16, le=8192)
+    # Threads inside one ONNX forward pass; 0 lets the engine use every core.
+    rerank_intra_op_threads: int = Field(0, ge=0, le=256)
+    # Tokens per (query, passage) pair; unset: what the model folder was exported at
+    # (its reranker.json), else DEFAULT_RERANK_MAX_LENGTH.
+    rerank_max_length: int | None = Field(None, ge=16, le=8192)
     # Fused candidates the cross-encoder reorders into the final top_k, and the
     # time after which the fused order is returned instead (flagged).
     rerank_candidates: int = Field(DEFAULT_RERANK_CANDIDATES, ge=1, le=MAX_RERANK_CANDIDATES)
     rerank_budget_ms: int = Field(DEFAULT_RERANK_BUDGET_MS, ge=1, le=MAX_RERANK_BUDGET_MS)
+    # How the cross-encoder's scores make the final order (services/retriever/rerank_stage.py):
+    # replace, or rrf of the fused and the cross-encoder's ranks with this weight and k.
+    rerank_fusion: RerankFusionMode = DEFAULT_RERANK_FUSION
+    rerank_fusion_weight: float = Field(DEFAULT_RERANK_FUSION_WEIGHT, ge=0, le=MAX_LEG_WEIGHT)
+    rerank_fusion_k: float = Field(DEFAULT_RERANK_FUSION_K, gt=0, le=MAX_RRF_K)
 
     @property
     def read_dsns(self) -> list[str]:
         return [url.strip() for url in self.read_database_urls.get_secret_value().split(",") if url.strip()]
+
+    @property
+    def rerank_fusion_settings(self) -> RerankFusion:
+        return RerankFusion(self.rerank_fusion, self.rerank_fusion_weight, self.rerank_fusion_k)
+
+    @field_validator("rerank_onnx_file")
+    @classmethod
+    def _onnx_file_inside_the_folder(cls, value: str) -> str:
+        return require_relative_onnx_file(value)
 
     @model_validator(mode="after")
     def _a_leg_must_count(self) -> RetrieverSettings:

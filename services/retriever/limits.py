@@ -65,6 +65,15 @@ MAX_FAILURES_PER_CALL = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
+# Relevance feedback (store/feedback.py): judgments in one submission, and the
+# text one page of a listing carries at most, besides its last feedback. A
+# page of MAX_PAGE_SIZE feedback of MAX_FEEDBACK_ITEMS judgments each would be
+# hundreds of MiB; this keeps every page within a client's default 4 MiB
+# message limit: the bound plus one feedback of 1000 ids of 256 four-byte
+# characters and a question of 4000 is under 2.1 MiB.
+MAX_FEEDBACK_ITEMS = 1000
+MAX_FEEDBACK_PAGE_BYTES = 1024 * 1024
+
 # A read replica whose replay lags the primary by more than this is taken out
 # of rotation until it catches up (store/replicas.py).
 DEFAULT_MAX_REPLICA_LAG_MS = 5000

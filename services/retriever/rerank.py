@@ -6,6 +6,10 @@ per candidate. So it runs only over the few dozen candidates that fusion kept,
 off the event loop, and within a time budget: when the budget runs out the
 caller keeps the fused order and flags the response rather than failing it.
 
+The model itself is a PairScorer: ONNX Runtime (rerank_onnx.py, the default)
+or the sentence-transformers CrossEncoder under torch (rerank_torch.py);
+rerank_loading.py picks one. Everything here is the same for both.
+
 Scores are the model's raw logits (higher = more relevant). No activation is
 applied: CrossEncoder.predict would by default put a single-label model's
 logit through a sigmoid, which orders the candidates the same way but
@@ -19,19 +23,42 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-import torch
-from sentence_transformers import CrossEncoder
-
-from services.retriever.limits import DEFAULT_RERANK_MAX_LENGTH
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 # Pairs per forward pass; the deadline is checked between batches (see Reranker).
 DEFAULT_BATCH_SIZE = 32
+
+# (query, passage)
+Pair = tuple[str, str]
+
+
+class PairScorer(Protocol):
+    """A loaded cross-encoder: one forward pass over a batch of pairs."""
+
+    def predict(self, pairs: Sequence[Pair]) -> list[float]:
+        """One raw logit per pair, in input order; blocking."""
+        ...
+
+
+@dataclass(frozen=True)
+class RerankerIdentity:
+    """Which model is serving, as the start-up log and the reranker info metric name it."""
+
+    # The folder (or Hugging Face name) it was loaded from.
+    model: str
+    # "onnx" or "torch".
+    backend: str
+    # The weights file served, relative to the folder: the ONNX file, or model.safetensors for torch.
+    file: str
+    # Of that file; "" when it cannot be found (a Hub model's weights outside any folder).
+    sha256: str
+    # Tokens per (query, passage) pair; longer pairs are truncated.
+    max_length: int
+    # The folder's reranker.json (how the model was trained and exported); empty when absent.
+    card: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,62 +74,65 @@ def rerank_order(scores: Sequence[float]) -> list[int]:
     return sorted(range(len(scores)), key=lambda index: -scores[index])
 
 
+def _always() -> bool:
+    return True
+
+
+def score_in_batches(
+    scorer: PairScorer,
+    pairs: Sequence[Pair],
+    batch_size: int,
+    *,
+    keep_going: Callable[[], bool] = _always,
+) -> list[float] | None:
+    """One raw logit per pair, in input order; None when `keep_going` said no before a batch.
+
+    Longest first, as CrossEncoder.predict orders one call's inputs, so each
+    batch holds pairs of similar length and pads little.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(pairs)), key=lambda index: -(len(pairs[index][0]) + len(pairs[index][1])))
+    scores = [0.0] * len(pairs)
+    for start in range(0, len(order), batch_size):
+        if not keep_going():
+            return None
+        batch = order[start : start + batch_size]
+        batch_scores = scorer.predict([pairs[index] for index in batch])
+        for index, value in zip(batch, batch_scores, strict=True):
+            scores[index] = value
+    return scores
+
+
 class Reranker:
-    def __init__(self, model: CrossEncoder, *, name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self, scorer: PairScorer, identity: RerankerIdentity, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if model.num_labels != 1:
-            raise ValueError(
-                f"{name} has {model.num_labels} output labels; a reranker needs a model "
-                "with a single relevance score (num_labels=1)"
-            )
-        self._model = model
-        self.name = name
+        self.scorer = scorer
+        self.identity = identity
         # The deadline is checked between batches, so the batch size also bounds
         # how long an over-budget call keeps the model busy after its caller has
         # given up: smaller batches free the worker sooner, larger ones run faster.
         self._batch_size = batch_size
-        self._identity = torch.nn.Identity()
-        # One worker: torch already spreads one batch over every core, and a
-        # single thread keeps calls into the model strictly one at a time.
+        # One worker: the engine already spreads one batch over every core, and
+        # a single thread keeps calls into the model strictly one at a time.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rerank")
 
-    @classmethod
-    def load(
-        cls,
-        name_or_path: str,
-        *,
-        device: str = "cpu",
-        max_length: int = DEFAULT_RERANK_MAX_LENGTH,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> Reranker:
-        """Loads a cross-encoder by Hugging Face name or local directory; blocking, so call it in a thread.
-
-        Pairs longer than `max_length` tokens are truncated.
-        """
-        path = Path(name_or_path).expanduser()
-        # Something that can only be a path must exist: otherwise it would be
-        # taken for a model name and looked up on the Hub, failing much later
-        # (or after network retries) with a message that hides the typo.
-        if path.is_absolute() or name_or_path.startswith((".", "~")):
-            if not path.is_dir():
-                raise FileNotFoundError(
-                    f"no cross-encoder model directory at {path}; "
-                    "give an existing local directory or a Hugging Face model name"
-                )
-            name_or_path = str(path)
-        model = CrossEncoder(name_or_path, device=device, max_length=max_length)
-        return cls(model, name=name_or_path, batch_size=batch_size)
+    @property
+    def name(self) -> str:
+        return self.identity.model
 
     async def score(self, query: str, texts: Sequence[str], *, budget_s: float | None) -> RerankOutcome:
         """Scores each text against `query` within `budget_s` seconds (None: no limit).
 
         The budget covers waiting for the model behind other calls as well as
         running it. When it runs out this returns timed_out at once; the batch
-        already running in the worker thread cannot be interrupted (torch has no
-        way to stop a forward pass), so it finishes, its result is discarded,
-        and no further batches of that call start. Model errors within the
-        budget propagate to the caller.
+        already running in the worker thread cannot be interrupted (neither
+        engine has a way to stop a forward pass), so it finishes, its result is
+        discarded, and no further batches of that call start. Model errors
+        within the budget propagate to the caller.
         """
         if not texts:
             return RerankOutcome(scores=[], timed_out=False)
@@ -139,25 +169,13 @@ class Reranker:
         self, query: str, texts: list[str], deadline: float | None, stop: threading.Event
     ) -> list[float] | None:
         """Runs in the worker thread; None when stopped or past the deadline before finishing."""
-        # Longest first, as CrossEncoder.predict orders one call's inputs, so
-        # each batch holds texts of similar length and pads little.
-        order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
-        scores = [0.0] * len(texts)
-        for start in range(0, len(order), self._batch_size):
-            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                return None
-            batch = order[start : start + self._batch_size]
-            logits = self._model.predict(
-                [(query, texts[index]) for index in batch],
-                batch_size=len(batch),
-                activation_fn=self._identity,
-                show_progress_bar=False,
-                convert_to_numpy=True,
-            )
-            batch_scores = np.asarray(logits, dtype=np.float32).reshape(-1).tolist()
-            for index, value in zip(batch, batch_scores, strict=True):
-                scores[index] = value
-        return scores
+
+        def keep_going() -> bool:
+            return not stop.is_set() and (deadline is None or time.monotonic() < deadline)
+
+        return score_in_batches(
+            self.scorer, [(query, text) for text in texts], self._batch_size, keep_going=keep_going
+        )
 
     def close(self) -> None:
         """Waits for the batch in progress, if any, then stops the worker; later calls to score() fail."""

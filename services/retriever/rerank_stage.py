@@ -3,15 +3,79 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from rag.common.v1 import common_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.validation import require_range
 from services.retriever.limits import MAX_RERANK_BUDGET_MS, MAX_RERANK_CANDIDATES
 from services.retriever.rerank import Reranker, rerank_order
+from services.retriever.rerank_text import passage_text
 from services.retriever.store.records import Hit
+
+# How the cross-encoder's scores make the final order (RETRIEVER_RERANK_FUSION):
+# - replace: by the cross-encoder's score alone; the fused order only breaks ties.
+# - rrf: reciprocal rank fusion of the fused order and the cross-encoder's, so
+#   a candidate both rank well beats one only the cross-encoder likes. It suits
+#   a reranker that is good but not always better than the fused order (a small
+#   one, or one trained on little data); which wins is for measurement to say.
+RerankFusionMode = Literal["replace", "rrf"]
+FUSIONS: tuple[RerankFusionMode, ...] = ("replace", "rrf")
+DEFAULT_RERANK_FUSION: RerankFusionMode = "replace"
+# rrf: the cross-encoder's weight (the fused order's is 1), and k in 1 / (k + rank).
+# k 60 is the customary value: both rankings' first few places count, none dominates.
+DEFAULT_RERANK_FUSION_WEIGHT = 1.0
+DEFAULT_RERANK_FUSION_K = 60.0
+
+
+@dataclass(frozen=True)
+class RerankFusion:
+    mode: RerankFusionMode = DEFAULT_RERANK_FUSION
+    weight: float = DEFAULT_RERANK_FUSION_WEIGHT
+    k: float = DEFAULT_RERANK_FUSION_K
+
+    def order(self, scores: Sequence[float]) -> list[tuple[int, float]]:
+        """(candidate index, final score), best first, for candidates in fused order with these logits.
+
+        The final score is what the hits are ordered by: the logit itself with
+        replace, the fused reciprocal rank score with rrf. Ties keep the fused order.
+        """
+        by_reranker = rerank_order(scores)
+        if self.mode == "replace":
+            return [(index, scores[index]) for index in by_reranker]
+        reranker_rank = {index: rank for rank, index in enumerate(by_reranker, start=1)}
+        # Candidates arrive in fused order: index 0 is fused rank 1.
+        fused = [
+            1 / (self.k + index + 1) + self.weight / (self.k + reranker_rank[index])
+            for index in range(len(scores))
+        ]
+        # sorted() is stable, so equal scores leave the better-fused candidate first.
+        return [
+            (index, fused[index]) for index in sorted(range(len(scores)), key=lambda index: -fused[index])
+        ]
+
+
+# Today's order, and the default until measurement picks one.
+REPLACE = RerankFusion()
+
+
+def fusion_order(
+    mode: str, *, weight: float = DEFAULT_RERANK_FUSION_WEIGHT, k: float = DEFAULT_RERANK_FUSION_K
+) -> Callable[[Sequence[float]], list[int]]:
+    """The order (indices) the stage gives candidates in fused order with these cross-encoder scores.
+
+    For code that ranks as the retriever does without a Hit in hand (the reranker trainer's validation).
+    """
+    if mode not in FUSIONS:
+        raise ValueError(f"rerank fusion must be one of {', '.join(FUSIONS)}; got {mode!r}")
+    fusion = RerankFusion(mode, weight, k)
+
+    def order(scores: Sequence[float]) -> list[int]:
+        return [index for index, _ in fusion.order(scores)]
+
+    return order
 
 
 @dataclass(frozen=True)
@@ -49,18 +113,23 @@ def plan(
 
 
 async def rerank(
-    reranker: Reranker, query: str, candidates: Sequence[Hit], top_k: int, budget_s: float
+    reranker: Reranker,
+    query: str,
+    candidates: Sequence[Hit],
+    top_k: int,
+    budget_s: float,
+    fusion: RerankFusion = REPLACE,
 ) -> Reranked:
-    """The top_k candidates in the cross-encoder's order, or the fused order flagged
-    as timed out when the budget ran out first."""
+    """The top_k candidates in the order `fusion` makes of the cross-encoder's scores, or the fused
+    order flagged as timed out when the budget ran out first."""
     if not query.strip():
         raise InvalidArgument("reranking needs query_text", field="query_text")
-    outcome = await reranker.score(query, [hit.text for hit in candidates], budget_s=budget_s)
+    passages = [passage_text(hit.title, hit.text) for hit in candidates]
+    outcome = await reranker.score(query, passages, budget_s=budget_s)
     if outcome.scores is None:
         return Reranked(list(candidates[:top_k]), reranked=False, timed_out=outcome.timed_out)
-    order = rerank_order(outcome.scores)[:top_k]
     hits = [
-        dataclasses.replace(candidates[i], score=outcome.scores[i], rerank_score=outcome.scores[i])
-        for i in order
+        dataclasses.replace(candidates[index], score=score, rerank_score=outcome.scores[index])
+        for index, score in fusion.order(outcome.scores)[:top_k]
     ]
     return Reranked(hits, reranked=True, timed_out=False)

@@ -68,6 +68,8 @@ TABLES = (
     "rag_keyword_unmerged",
     "rag_chunk_lexemes",
     "rag_keyword_fresh",
+    "rag_feedback",
+    "rag_feedback_items",
 )
 
 SETUP_COMMAND = "python -m services.retriever.database_setup"
@@ -338,6 +340,34 @@ ALTER TABLE rag_keyword_fresh ADD FOREIGN KEY (namespace, chunk_id)
     REFERENCES rag_chunks (namespace, id) ON DELETE CASCADE NOT VALID;
 """
 
+# Relevance feedback (store/feedback.py): a submission and its judgments, in
+# the order given. Not tied to rag_documents, so feedback outlives the
+# documents it judges. The namespace leads every key, as in every table.
+# listed_bytes is what the submission weighs in a listing, so a page can be
+# bounded in bytes before its text is read.
+_CREATE_FEEDBACK = """
+CREATE TABLE rag_feedback (
+    namespace     text        NOT NULL,
+    feedback_id   bigint      GENERATED ALWAYS AS IDENTITY,
+    question      text        NOT NULL,
+    answer_rating text        CHECK (answer_rating IN ('good', 'bad')),
+    listed_bytes  int         NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, feedback_id)
+);
+
+CREATE TABLE rag_feedback_items (
+    namespace   text   NOT NULL,
+    feedback_id bigint NOT NULL,
+    item_index  int    NOT NULL,
+    document_id text   NOT NULL,
+    chunk_index int    NOT NULL CHECK (chunk_index >= 0),
+    label       text   NOT NULL CHECK (label IN ('relevant', 'not_relevant')),
+    PRIMARY KEY (namespace, feedback_id, item_index),
+    FOREIGN KEY (namespace, feedback_id) REFERENCES rag_feedback (namespace, feedback_id) ON DELETE CASCADE
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "documents and chunks, with HNSW and metadata indexes", _create_documents_and_chunks),
     Migration(2, "BM25 keyword index: postings and per-namespace statistics", _create_keyword_index),
@@ -346,6 +376,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "failure records of documents that could not be ingested", _CREATE_DOCUMENT_FAILURES),
     Migration(6, "keyword index in blocks of postings, and each chunk's lexemes", _CREATE_KEYWORD_BLOCKS),
     Migration(7, "the namespace in every key, for sharding by namespace", _NAMESPACE_IN_EVERY_KEY),
+    Migration(8, "relevance feedback on search results", _CREATE_FEEDBACK),
 )
 
 

@@ -13,10 +13,13 @@ from services.common.errors import Unavailable
 from services.common.internal_auth import InternalAuthInterceptor, TokenVerifier
 from services.common.registry import RETRIEVER
 from services.common.server import ServiceBinding, serve
+from services.retriever import instruments
 from services.retriever.config import RetrieverSettings
 from services.retriever.hybrid import Fusion
 from services.retriever.keyword import Bm25
 from services.retriever.rerank import Reranker
+from services.retriever.rerank_folder import RerankModelError
+from services.retriever.rerank_loading import describe, load_reranker
 from services.retriever.servicer import RerankSettings, RetrieverServicer
 from services.retriever.store import ChunkStore
 
@@ -48,7 +51,9 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
     store: Deferred[ChunkStore] = Deferred("the database connection pool")
     reranker: Deferred[Reranker] = Deferred("the rerank model")
     rerank = (
-        RerankSettings(reranker, settings.rerank_candidates, settings.rerank_budget_ms)
+        RerankSettings(
+            reranker, settings.rerank_candidates, settings.rerank_budget_ms, settings.rerank_fusion_settings
+        )
         if settings.rerank_model
         else None
     )
@@ -59,22 +64,20 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(servicer, server)
 
     async def start() -> None:
-        if settings.rerank_model:
-            reranker.resolve(
-                await asyncio.to_thread(
-                    Reranker.load,
-                    settings.rerank_model,
-                    device=settings.rerank_device,
-                    max_length=settings.rerank_max_length,
-                )
-            )
-            log.info("loaded rerank model %s", settings.rerank_model)
+        rerank_model = settings.rerank_model
+        rerank_ready = await _load_reranker(rerank_model, settings, reranker) if rerank_model else True
         store.resolve(await _connect_when_reachable(settings))
         log.info("database ready; schema migrated (dimension %d)", settings.embedding_dimension)
         background.append(asyncio.create_task(_maintain_keyword_index(store.value)))
         if store.value.replicas:
             background.append(asyncio.create_task(store.value.watch_replicas()))
             log.info("read replicas: %s", ", ".join(r.name for r in store.value.replicas))
+        if not rerank_ready:
+            # Never returning keeps health NOT_SERVING (serve() reports SERVING
+            # when start() returns); SIGTERM still cancels this and stops cleanly.
+            # The database is connected all the same: the keyword index is kept
+            # up, and calls that need no reranker work for whoever still sends them.
+            await asyncio.Event().wait()
 
     async def stop() -> None:
         for task in background:
@@ -87,6 +90,56 @@ async def run(settings: RetrieverSettings, tracer_provider: TracerProvider) -> N
 
     binding = ServiceBinding([SERVICE.full_name], register, start, stop, interceptors=[internal_auth])
     await serve(settings, binding, tracer_provider)
+
+
+async def _load_reranker(model: str, settings: RetrieverSettings, reranker: Deferred[Reranker]) -> bool:
+    """Loads the rerank `model` into `reranker`; False, the reason logged, when it cannot be served.
+
+    A broken model folder (a missing or corrupt ONNX file, no tokenizer, more
+    than one output label) does not end the process. Exiting non-zero would
+    look more honest, but under Kubernetes or any supervisor it becomes a crash
+    loop: every restart reloads the same files, fails the same way, and pushes
+    the reason further back in the logs behind back-off delays. Staying up,
+    NOT_SERVING, is what readiness is for: the pod never becomes ready, a
+    rollout to it stalls while the old replicas keep serving, and the reason
+    stays in one log line and in every search that reaches this replica. The
+    liveness health service (services/common/server.py) keeps answering
+    SERVING, so nothing restarts a process that a restart cannot fix.
+    """
+    try:
+        loaded = await asyncio.to_thread(
+            load_reranker,
+            model,
+            backend=settings.rerank_backend,
+            onnx_file=settings.rerank_onnx_file,
+            device=settings.rerank_device,
+            max_length=settings.rerank_max_length,
+            intra_op_threads=settings.rerank_intra_op_threads,
+        )
+    # Any failure: whatever broke, the same files will break it again on a retry.
+    except Exception as error:
+        diagnosed = isinstance(error, RerankModelError)
+        log.error(
+            "the rerank model %s cannot be served: %s; not serving until restarted with a working model "
+            "(RETRIEVER_RERANK_MODEL, RETRIEVER_RERANK_BACKEND, RETRIEVER_RERANK_ONNX_FILE)",
+            model,
+            error if diagnosed else f"{type(error).__name__}: {error}",
+            exc_info=not diagnosed,
+        )
+        reason = str(error) if diagnosed else "an unexpected error; the retriever's log has it"
+        # UNAVAILABLE, as while a replica is still starting: this replica cannot
+        # rerank, another may, and the gateway's channel retries UNAVAILABLE.
+        reranker.fail(
+            Unavailable(
+                f"this retriever's rerank model failed to load ({reason}); "
+                "search with rerank.enabled=false, or fix the model and restart the retriever"
+            )
+        )
+        return False
+    reranker.resolve(loaded)
+    log.info("loaded rerank model: %s", describe(loaded.identity))
+    instruments.record_reranker(loaded.identity)
+    return True
 
 
 async def _connect_when_reachable(settings: RetrieverSettings) -> ChunkStore:

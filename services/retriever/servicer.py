@@ -27,7 +27,7 @@ from services.common.limits import require_document_id, require_top_k
 from services.common.struct_values import struct_to_dict
 from services.common.timing import StageTimer
 from services.common.validation import require_namespace, require_range
-from services.retriever import instruments, rerank_stage
+from services.retriever import feedback_proto, instruments, rerank_stage
 from services.retriever.filter_proto import filter_from_proto
 from services.retriever.filters import Filter
 from services.retriever.hybrid import Fusion, SearchMode
@@ -92,6 +92,7 @@ class RerankSettings:
     reranker: Deferred[Reranker]
     default_candidates: int
     default_budget_ms: int
+    fusion: rerank_stage.RerankFusion = rerank_stage.REPLACE
 
 
 # An index version is a bigint counter; a token beyond it is no token of ours.
@@ -194,7 +195,12 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             with timer.stage("rerank") as span:
                 span.set_attribute("rag.retriever.rerank_candidates", len(hits))
                 reranked = await rerank_stage.rerank(
-                    self._rerank.reranker.value, request.query_text, hits, request.top_k, rerank_plan.budget_s
+                    self._rerank.reranker.value,
+                    request.query_text,
+                    hits,
+                    request.top_k,
+                    rerank_plan.budget_s,
+                    self._rerank.fusion,
                 )
                 span.set_attribute("rag.retriever.rerank_timed_out", reranked.timed_out)
         instruments.search_hits.record(len(reranked.hits), mode_attribute)
@@ -252,6 +258,27 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             request.namespace, [FailureInput(d.document_id, d.title, d.reason) for d in request.documents]
         )
         return retriever_pb2.RecordFailuresResponse()
+
+    async def SubmitFeedback(
+        self, request: retriever_pb2.SubmitFeedbackRequest, context: Context
+    ) -> retriever_pb2.SubmitFeedbackResponse:
+        require_namespace(request.namespace)
+        submission = feedback_proto.submission(request)
+        feedback_id = await self._store.value.submit_feedback(request.namespace, submission)
+        return retriever_pb2.SubmitFeedbackResponse(feedback_id=feedback_id, item_count=len(submission.items))
+
+    async def ListFeedback(
+        self, request: retriever_pb2.ListFeedbackRequest, context: Context
+    ) -> retriever_pb2.ListFeedbackResponse:
+        require_namespace(request.namespace)
+        after = feedback_proto.page_token_id(request.page_token)
+        page = await self._store.value.list_feedback(
+            request.namespace, page_size=request.page_size or DEFAULT_PAGE_SIZE, after=after
+        )
+        return retriever_pb2.ListFeedbackResponse(
+            feedback=[feedback_proto.feedback_proto(f) for f in page.feedback],
+            next_page_token="" if page.next_after is None else feedback_proto.page_token(page.next_after),
+        )
 
 
 def _search_mode(value: common_pb2.SearchMode.ValueType) -> SearchMode:

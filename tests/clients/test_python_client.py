@@ -138,6 +138,57 @@ async def test_async_client_ingests_asks_streams_searches_lists_and_deletes(
         assert [d.document_id async for d in client.iter_documents(namespace)] == [RUNBOOK]
 
 
+def judged(hit: retriever_pb2.SearchHit) -> list[retriever_pb2.FeedbackItem]:
+    return [
+        retriever_pb2.FeedbackItem(
+            document_id=hit.document_id,
+            chunk_index=hit.chunk_index,
+            label=retriever_pb2.FEEDBACK_LABEL_RELEVANT,
+        )
+    ]
+
+
+def test_sync_client_submits_and_lists_feedback(client: RagClient, namespace: str) -> None:
+    client.ingest_documents(namespace, documents())
+    (hit,) = client.search(namespace, SEARCH, retrieval=TOP_1).hits
+    good = client.submit_feedback(
+        namespace, SEARCH, judged(hit), answer_rating=retriever_pb2.ANSWER_RATING_GOOD
+    )
+    unrated = [client.submit_feedback(namespace, f"{SEARCH} ({i})", judged(hit)) for i in range(2)]
+
+    first_page = client.list_feedback(namespace, page_size=2)
+    every = list(client.iter_feedback(namespace, page_size=2))
+    with pytest.raises(InvalidArgument) as refused:
+        client.submit_feedback(namespace, SEARCH, [])
+
+    assert good.item_count == 1
+    assert [f.feedback_id for f in first_page.feedback] == [good.feedback_id, unrated[0].feedback_id]
+    assert first_page.next_page_token
+    assert [f.feedback_id for f in every] == [good.feedback_id, *(u.feedback_id for u in unrated)]
+    assert every[0].items[0].document_id == PARKING
+    assert every[0].answer_rating == retriever_pb2.ANSWER_RATING_GOOD
+    assert not every[1].HasField("answer_rating")
+    assert refused.value.field_violations == (FieldViolation("items (count)", refused.value.message),)
+    assert refused.value.message == "retriever: items (count) must be 1..1000, got 0"
+
+
+async def test_async_client_submits_and_lists_feedback(stack: Stack, namespace: str) -> None:
+    async with AsyncRagClient(stack.gateway_target) as client:
+        await client.ingest_documents(namespace, documents())
+        (hit,) = (await client.search(namespace, SEARCH, retrieval=TOP_1)).hits
+        stored = [await client.submit_feedback(namespace, f"{SEARCH} ({i})", judged(hit)) for i in range(3)]
+        rated = await client.submit_feedback(
+            namespace, SEARCH, judged(hit), answer_rating=retriever_pb2.ANSWER_RATING_BAD
+        )
+
+        first_page = await client.list_feedback(namespace, page_size=3)
+        every = [f async for f in client.iter_feedback(namespace, page_size=3)]
+
+    assert [f.feedback_id for f in first_page.feedback] == [s.feedback_id for s in stored]
+    assert [f.feedback_id for f in every] == [*(s.feedback_id for s in stored), rated.feedback_id]
+    assert every[-1].answer_rating == retriever_pb2.ANSWER_RATING_BAD
+
+
 def test_sync_stream_read_in_part_leaves_the_client_usable(client: RagClient, namespace: str) -> None:
     client.ingest_documents(namespace, documents()[:1])
     with contextlib.closing(client.ask_stream(namespace, QUESTION, skip_cache=True)) as events:

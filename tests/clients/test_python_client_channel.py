@@ -106,6 +106,16 @@ class Scripted(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.DeleteDocumentsResponse:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
 
+    def SubmitFeedback(
+        self, request: gateway_pb2.SubmitFeedbackRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
+    def ListFeedback(
+        self, request: gateway_pb2.ListFeedbackRequest, context: grpc.ServicerContext
+    ) -> gateway_pb2.ListFeedbackResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
 
 @contextmanager
 def serving(servicer: Scripted) -> Iterator[str]:

@@ -26,6 +26,7 @@ from gateway import keys
 from gateway.access import NAMESPACE_FIELDS
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag.retriever.v1 import retriever_pb2
 from rag_cli.main import main
 from rag_cli.stack import Stack
 from services.common.registry import GATEWAY_UPSTREAMS, upstream_target_variable
@@ -122,6 +123,7 @@ def valid_requests(namespace: str) -> dict[str, Message]:
         field=common_pb2.FieldCondition(key="topic", equals=common_pb2.ScalarValue(string_value="x"))
     )
     document = gateway_pb2.Document(id="d", title="t", text="Some text to store.")
+    judged = retriever_pb2.FeedbackItem(document_id="d", label=retriever_pb2.FEEDBACK_LABEL_RELEVANT)
     return {
         "Ask": ask,
         "AskStream": gateway_pb2.AskStreamRequest(request=ask),
@@ -130,6 +132,10 @@ def valid_requests(namespace: str) -> dict[str, Message]:
         "DeleteDocuments(ids)": gateway_pb2.DeleteDocumentsRequest(namespace=namespace, document_ids=["d"]),
         "DeleteDocuments(filter)": gateway_pb2.DeleteDocumentsRequest(namespace=namespace, filter=on_topic),
         "ListDocuments": gateway_pb2.ListDocumentsRequest(namespace=namespace),
+        "SubmitFeedback": gateway_pb2.SubmitFeedbackRequest(
+            namespace=namespace, question="Is d relevant?", items=[judged]
+        ),
+        "ListFeedback": gateway_pb2.ListFeedbackRequest(namespace=namespace),
     }
 
 
@@ -145,6 +151,8 @@ def requests_wrong_but_for_the_namespace(namespace: str) -> dict[str, Message]:
         "IngestDocuments": gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[]),
         "DeleteDocuments": gateway_pb2.DeleteDocumentsRequest(namespace=namespace),
         "ListDocuments": gateway_pb2.ListDocumentsRequest(namespace=namespace, page_size=-1),
+        "SubmitFeedback": gateway_pb2.SubmitFeedbackRequest(namespace=namespace, question=" "),
+        "ListFeedback": gateway_pb2.ListFeedbackRequest(namespace=namespace, page_size=-1),
     }
 
 
@@ -318,6 +326,46 @@ def test_a_key_works_on_its_own_namespace_and_filters_cannot_reach_another(tenan
     assert [d.document_id for d in mine.documents] == ["a-runbook"]
     assert [d.document_id for d in their_documents.documents] == ["b-runbook"]
     assert {s.hit.document_id for s in answer.sources} <= {"a-runbook"}
+
+
+def test_feedback_is_submitted_and_listed_only_in_a_namespace_the_key_grants(tenants: Tenants) -> None:
+    def submit(namespace: str, key: str, question: str) -> Callable[[], object]:
+        judged = retriever_pb2.FeedbackItem(
+            document_id="judged", chunk_index=0, label=retriever_pb2.FEEDBACK_LABEL_RELEVANT
+        )
+        request = gateway_pb2.SubmitFeedbackRequest(namespace=namespace, question=question, items=[judged])
+        return lambda: tenants.gateway.SubmitFeedback(request, metadata=bearer(key), timeout=60)
+
+    def listing(namespace: str, key: str) -> Callable[[], gateway_pb2.ListFeedbackResponse]:
+        request = gateway_pb2.ListFeedbackRequest(namespace=namespace)
+        return lambda: tenants.gateway.ListFeedback(request, metadata=bearer(key), timeout=60)
+
+    for namespace, key in ((tenants.own, tenants.key_a), (tenants.other, tenants.key_b)):
+        document = gateway_pb2.Document(id="judged", title="judged", text="Feedback judges this document.")
+        tenants.gateway.IngestDocuments(
+            gateway_pb2.IngestDocumentsRequest(namespace=namespace, documents=[document]),
+            metadata=bearer(key),
+            timeout=120,
+        )
+    submit(tenants.own, tenants.key_a, "mine?")()
+    submit(tenants.other, tenants.key_b, "theirs?")()
+
+    refused = [
+        code_and_details(rejection(call))
+        for call in (
+            submit(tenants.other, tenants.key_a, "into theirs?"),
+            listing(tenants.other, tenants.key_a),
+            submit(tenants.own, tenants.key_b, "into mine?"),
+            listing(tenants.own, tenants.key_b),
+        )
+    ]
+    mine = listing(tenants.own, tenants.key_a)()
+    theirs = listing(tenants.other, tenants.key_b)()
+
+    assert [code for code, _ in refused] == [grpc.StatusCode.PERMISSION_DENIED] * 4
+    assert all(repr(tenants.other) in details for _, details in refused[:2])
+    assert [f.question for f in mine.feedback] == ["mine?"]
+    assert [f.question for f in theirs.feedback] == ["theirs?"]
 
 
 def test_the_cli_sends_the_key_from_the_option_or_rag_api_key(

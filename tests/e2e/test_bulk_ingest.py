@@ -60,12 +60,14 @@ def _rag(target: str, namespace: str, *args: str) -> int:
 def _ingested(
     stack: Stack, namespace: str, folder: Path, concurrency: int, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, list[str]]:
-    """The exit code, what was printed with the namespace's name taken out, and the failures reported."""
+    """The exit code, the summary printed with the namespace's name taken out, and the failures reported."""
     batches = ["--batch-size", "2", "--concurrency", str(concurrency)]
     code = _rag(stack.gateway_target, namespace, "ingest", str(folder), *batches)
     printed = capsys.readouterr()
     failures = [line for line in printed.err.splitlines() if line.startswith("  failed: ")]
-    return code, printed.out.replace(repr(namespace), "NS"), failures
+    summary, version = printed.out.splitlines()
+    assert version.startswith("index version ")
+    return code, summary.replace(repr(namespace), "NS"), failures
 
 
 def _stored(gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str) -> list[tuple[str, ...]]:
@@ -92,13 +94,13 @@ def test_concurrent_calls_ingest_what_one_call_at_a_time_does(
 
     code, printed, failures = one_at_a_time
     assert code == 1, "a document failed"
-    assert printed == "ingested 12 documents into NS: 11 created, 1 failed\n"
+    assert printed == "ingested 12 documents into NS: 11 created, 1 failed"
     assert len(failures) == 1
     assert failures[0].startswith("  failed: more/broken.pdf: ")
     assert side_by_side == one_at_a_time
     assert _stored(gateway, three) == _stored(gateway, one)
     assert len(_stored(gateway, three)) == 12
-    assert again == (1, "ingested 12 documents into NS: 1 failed, 11 unchanged\n", failures)
+    assert again == (1, "ingested 12 documents into NS: 1 failed, 11 unchanged", failures)
 
 
 def _embed_streams(metrics_url: str) -> int:

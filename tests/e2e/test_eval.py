@@ -15,10 +15,12 @@ from rag_cli.main import main
 from rag_cli.stack import Stack
 
 
-def _eval_json(stack: Stack, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+def _eval_json(
+    stack: Stack, capsys: pytest.CaptureFixture[str], *args: str, expect_code: int = 0
+) -> dict[str, Any]:
     code = main(["--gateway", stack.gateway_target, "eval", *args, "--json", "--mode", "dense"])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
+    assert code == expect_code, captured.err
     report: dict[str, Any] = json.loads(captured.out)  # stdout holds the JSON and nothing else
     return report
 
@@ -138,3 +140,23 @@ def test_render_shows_a_rejected_mode_in_its_row() -> None:
     assert lines[4].split() == ["dense", "3", "0.5000", "1.0000", "0.2500", "10.0/12.5", "4.0/5.0"]
     assert lines[5].split()[:2] == ["keyword", "error:"]
     assert "mode KEYWORD is not offered" in lines[5]
+
+
+def test_eval_rerank_rows_say_when_the_retriever_has_no_reranker(
+    stack: Stack, dataset_dir: Path, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _eval_json(stack, capsys, str(dataset_dir), "--namespace", namespace, "--rerank", expect_code=2)
+
+    assert report["modes"]["dense"]["queries"] == 4
+    assert "FAILED_PRECONDITION" in report["modes"]["dense+rerank"]["error"]
+
+
+def test_eval_runs_only_the_queries_listed(
+    stack: Stack, dataset_dir: Path, namespace: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = tmp_path / "ids.txt"
+    listed.write_text("q-moon\n\nq-honey\nnot-a-query\n")
+
+    report = _eval_json(stack, capsys, str(dataset_dir), "--namespace", namespace, "--query-ids", str(listed))
+
+    assert report["queries"] == 2

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from rag.common.v1 import common_pb2
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2
+from rag.retriever.v1 import retriever_pb2
 from rag_cli.stack import Stack
 from services.common.validation import NAMESPACE_PATTERN
 
@@ -240,6 +241,26 @@ list_documents = st.builds(
     ),
 )
 
+judged = st.builds(
+    retriever_pb2.FeedbackItem,
+    document_id=mostly(st.sampled_from(["lighthouse", "deleted-since"]), text),
+    chunk_index=mostly(st.integers(0, 3), small_int),
+    label=mostly(st.integers(1, 2), enum_number),
+)
+submit_feedback = st.builds(
+    gateway_pb2.SubmitFeedbackRequest,
+    namespace=write_namespace,
+    question=mostly(sentence, text),
+    items=mostly(st.lists(judged, min_size=1, max_size=5), st.lists(judged, max_size=20)),
+    answer_rating=st.none() | mostly(st.integers(0, 2), enum_number),
+)
+list_feedback = st.builds(
+    gateway_pb2.ListFeedbackRequest,
+    namespace=any_namespace,
+    page_size=mostly(st.integers(0, 50), small_int),
+    page_token=mostly(st.sampled_from(["", "MQ", "OTk5"]), st.one_of(text, st.sampled_from(["MA", "LTE"]))),
+)
+
 
 def _ends_well(call: Callable[[], object]) -> None:
     try:
@@ -271,6 +292,14 @@ UNARY_RPCS = [
     pytest.param(
         Fuzzed(list_documents, lambda gateway, request: gateway.ListDocuments(request, timeout=60)),
         id="list_documents",
+    ),
+    pytest.param(
+        Fuzzed(submit_feedback, lambda gateway, request: gateway.SubmitFeedback(request, timeout=60)),
+        id="submit_feedback",
+    ),
+    pytest.param(
+        Fuzzed(list_feedback, lambda gateway, request: gateway.ListFeedback(request, timeout=60)),
+        id="list_feedback",
     ),
 ]
 

@@ -170,6 +170,29 @@ def _token(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _judged(
+    id: str = "lighthouse", chunk: int = 0, label: int = retriever_pb2.FEEDBACK_LABEL_RELEVANT
+) -> retriever_pb2.FeedbackItem:
+    return retriever_pb2.FeedbackItem(
+        document_id=id, chunk_index=chunk, label=retriever_pb2.FeedbackLabel.ValueType(label)
+    )
+
+
+def _feedback(*items: retriever_pb2.FeedbackItem, **fields: Any) -> gateway_pb2.SubmitFeedbackRequest:
+    fields.setdefault("question", "How do lighthouses guide ships?")
+    return gateway_pb2.SubmitFeedbackRequest(
+        namespace=fields.pop("namespace", SEEDED), items=items or [_judged()], **fields
+    )
+
+
+def _r_feedback(*items: retriever_pb2.FeedbackItem, **fields: Any) -> retriever_pb2.SubmitFeedbackRequest:
+    return retriever_pb2.SubmitFeedbackRequest.FromString(_feedback(*items, **fields).SerializeToString())
+
+
+def _list_feedback(**fields: Any) -> gateway_pb2.ListFeedbackRequest:
+    return gateway_pb2.ListFeedbackRequest(namespace=fields.pop("namespace", SEEDED), **fields)
+
+
 def _embed(*texts: str, **fields: Any) -> embedder_pb2.EmbedRequest:
     return embedder_pb2.EmbedRequest(texts=texts, **fields)
 
@@ -446,6 +469,33 @@ CASES = [
     case("page_token of a NUL", "gateway", "ListDocuments", _list(page_token=_token(b"\x00"))),
     case("page_token of invalid UTF-8", "gateway", "ListDocuments", _list(page_token=_token(b"\xff\xfe"))),
     case("NUL in namespace", "gateway", "ListDocuments", _list(namespace="\x00")),
+    # Gateway SubmitFeedback and ListFeedback
+    case("NUL in question", "gateway", "SubmitFeedback", _feedback(question="light\x00house")),
+    case("question too long", "gateway", "SubmitFeedback", _feedback(question=TOO_LONG_QUESTION)),
+    case("label int32 max", "gateway", "SubmitFeedback", _feedback(_judged(label=INT32_MAX))),
+    case("negative label", "gateway", "SubmitFeedback", _feedback(_judged(label=-1))),
+    case("chunk_index int32 min", "gateway", "SubmitFeedback", _feedback(_judged(chunk=INT32_MIN))),
+    case("NUL in document id", "gateway", "SubmitFeedback", _feedback(_judged("light\x00house"))),
+    case("document id too long", "gateway", "SubmitFeedback", _feedback(_judged(TOO_LONG_ID))),
+    case("chunk judged twice", "gateway", "SubmitFeedback", _feedback(_judged(), _judged())),
+    case("1001 items", "gateway", "SubmitFeedback", _feedback(*[_judged(chunk=i) for i in range(1001)])),
+    case(
+        "unknown answer_rating",
+        "gateway",
+        "SubmitFeedback",
+        _feedback(answer_rating=retriever_pb2.AnswerRating.ValueType(-7)),
+    ),
+    case("namespace without documents", "gateway", "SubmitFeedback", _feedback(namespace="hostile-empty")),
+    case(
+        "invalid UTF-8 question",
+        "gateway",
+        "SubmitFeedback",
+        _with_raw_string(_feedback(question=""), 2, INVALID_UTF8),
+    ),
+    case("page_size int32 min", "gateway", "ListFeedback", _list_feedback(page_size=INT32_MIN)),
+    case("SQL page_token", "gateway", "ListFeedback", _list_feedback(page_token=SQL)),
+    case("page_token of a huge id", "gateway", "ListFeedback", _list_feedback(page_token=_token(b"9" * 30))),
+    case("page_token of a NUL", "gateway", "ListFeedback", _list_feedback(page_token=_token(b"\x00"))),
     # Embedder
     case("no texts", "embedder", "Embed", _embed()),
     case("unknown input_type", "embedder", "Embed", _embed("text", input_type=9)),
@@ -578,6 +628,23 @@ CASES = [
         "ListDocuments",
         retriever_pb2.ListDocumentsRequest(namespace=SEEDED, page_size=1001),
     ),
+    case("blank question", "retriever", "SubmitFeedback", _r_feedback(question=" \t")),
+    case("unspecified label", "retriever", "SubmitFeedback", _r_feedback(_judged(label=0))),
+    case("negative chunk index", "retriever", "SubmitFeedback", _r_feedback(_judged(chunk=-1))),
+    case("blank document id", "retriever", "SubmitFeedback", _r_feedback(_judged(" "))),
+    case("SQL namespace", "retriever", "SubmitFeedback", _r_feedback(namespace=f"a{SQL}")),
+    case(
+        "page_size 1001",
+        "retriever",
+        "ListFeedback",
+        retriever_pb2.ListFeedbackRequest(namespace=SEEDED, page_size=1001),
+    ),
+    case(
+        "page_token of a document id",
+        "retriever",
+        "ListFeedback",
+        retriever_pb2.ListFeedbackRequest(namespace=SEEDED, page_token=_token(b"lighthouse")),
+    ),
     case("no documents", "retriever", "RecordFailures", _failures()),
     case("NUL in reason", "retriever", "RecordFailures", _failures(_failed(reason="bro\x00ken"))),
     case("blank reason", "retriever", "RecordFailures", _failures(_failed(reason=" "))),
@@ -695,6 +762,7 @@ def _snapshot(gateway: gateway_pb2_grpc.GatewayServiceStub, retriever: Any) -> t
     listed = gateway.ListDocuments(gateway_pb2.ListDocumentsRequest(namespace=SEEDED))
     version = retriever.GetIndexVersion(retriever_pb2.GetIndexVersionRequest(namespace=SEEDED)).version
     hits = gateway.Search(_search("lighthouse ships backups")).hits
+    feedback = gateway.ListFeedback(gateway_pb2.ListFeedbackRequest(namespace=SEEDED)).feedback
     return (
         [
             (d.document_id, d.title, d.chunk_count, d.content_hash, d.HasField("failure"))
@@ -702,6 +770,7 @@ def _snapshot(gateway: gateway_pb2_grpc.GatewayServiceStub, retriever: Any) -> t
         ],
         version,
         [(h.document_id, h.chunk_index, h.text, round(h.score, 6)) for h in hits],
+        list(feedback),
     )
 
 

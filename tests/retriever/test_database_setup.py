@@ -90,6 +90,7 @@ async def test_the_setup_runs_again_without_changing_what_is_stored(
             **dict.fromkeys(TABLES, RETRIEVER_ROLE),
             "rag_chunks_id_seq": RETRIEVER_ROLE,
             "rag_keyword_blocks_id_seq": RETRIEVER_ROLE,
+            "rag_feedback_feedback_id_seq": RETRIEVER_ROLE,
         }
         assert await owners(conn, "public") == {}
         assert await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'vector'") == 1

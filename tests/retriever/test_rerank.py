@@ -3,9 +3,10 @@
 These tests check plumbing, not ranking quality. No pretrained cross-encoder
 can be downloaded here, so the model is a tiny randomly initialised BERT
 (tests/retriever/tiny_cross_encoder.py) whose scores are noise. What they do
-check: one score per text in input order, equal to the model's own raw-logit
-predictions; the budget; that calls run one at a time off the event loop; and
-that abandoned work neither runs on nor leaks errors.
+check, with each backend (ONNX Runtime, the default, and torch) serving the
+same model folder: one score per text in input order, equal to the model's own
+raw-logit predictions; the budget; that calls run one at a time off the event
+loop; and that abandoned work neither runs on nor leaks errors.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from services.retriever.rerank import Reranker, RerankOutcome, rerank_order
-from tests.retriever.tiny_cross_encoder import build_tiny_cross_encoder
+from services.retriever.rerank import Pair, PairScorer, Reranker, RerankOutcome, rerank_order
+from services.retriever.rerank_folder import RerankModelError
+from services.retriever.rerank_loading import RERANK_BACKENDS, RerankBackend, load_reranker
+from tests.retriever.tiny_cross_encoder import build_tiny_reranker_folder
 
 # The tiny model has 128 positions; every text below fits well within that.
 MAX_LENGTH = 128
@@ -48,7 +51,14 @@ TEXTS = [
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-cross-encoder"))
+    """A model folder as the trainer writes it, exported to ONNX."""
+    return build_tiny_reranker_folder(tmp_path_factory.mktemp("tiny-cross-encoder"), max_length=MAX_LENGTH)
+
+
+@pytest.fixture(params=RERANK_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> RerankBackend:
+    chosen: RerankBackend = request.param
+    return chosen
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +69,8 @@ def reference(model_dir: Path) -> CrossEncoder:
 
 
 @pytest.fixture
-def reranker(model_dir: Path) -> Iterator[Reranker]:
-    reranker = Reranker.load(str(model_dir), max_length=MAX_LENGTH, batch_size=BATCH_SIZE)
+def reranker(model_dir: Path, backend: RerankBackend) -> Iterator[Reranker]:
+    reranker = load_reranker(str(model_dir), backend=backend, max_length=MAX_LENGTH, batch_size=BATCH_SIZE)
     yield reranker
     reranker.close()
 
@@ -74,13 +84,13 @@ def expected_scores(reference: CrossEncoder, query: str, texts: Sequence[str]) -
 
 
 class PredictSpy:
-    """Stands in for a CrossEncoder's predict: records each call, can hold calls, or fail them by query.
+    """Stands in for a scorer's predict: records each call, can hold calls, or fail them by query.
 
     Each call is one batch of the reranker's, so `queries` has one entry per batch run.
     """
 
-    def __init__(self, model: CrossEncoder, monkeypatch: pytest.MonkeyPatch) -> None:
-        self._predict = model.predict
+    def __init__(self, scorer: PairScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._predict = scorer.predict
         self.queries: list[str] = []
         self.threads: set[int] = set()
         self.active = 0
@@ -90,7 +100,7 @@ class PredictSpy:
         self.released.set()
         self.errors: dict[str, Exception] = {}
         self._lock = threading.Lock()
-        monkeypatch.setattr(model, "predict", self)
+        monkeypatch.setattr(scorer, "predict", self)
 
     def hold(self) -> None:
         """Makes the next calls wait, once started, until release()."""
@@ -103,7 +113,7 @@ class PredictSpy:
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "the model was never called"
 
-    def __call__(self, pairs: list[tuple[str, str]], **kwargs: Any) -> Any:
+    def __call__(self, pairs: Sequence[Pair]) -> list[float]:
         query = pairs[0][0]
         with self._lock:
             self.active += 1
@@ -117,20 +127,17 @@ class PredictSpy:
                 raise AssertionError("a held model call was never released")
             if query in self.errors:
                 raise self.errors[query]
-            return self._predict(pairs, **kwargs)
+            return self._predict(pairs)
         finally:
             with self._lock:
                 self.active -= 1
 
 
 @pytest.fixture
-def spied(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Reranker, PredictSpy]]:
-    model = CrossEncoder(str(model_dir), device="cpu", max_length=MAX_LENGTH)
-    spy = PredictSpy(model, monkeypatch)
-    reranker = Reranker(model, name="tiny", batch_size=BATCH_SIZE)
+def spied(reranker: Reranker, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Reranker, PredictSpy]]:
+    spy = PredictSpy(reranker.scorer, monkeypatch)
     yield reranker, spy
     spy.release()
-    reranker.close()
 
 
 def batches(count: int) -> int:
@@ -342,23 +349,29 @@ async def test_concurrent_calls_run_one_at_a_time_off_the_event_loop(
 
 
 @pytest.mark.parametrize("relative", [False, True])
-def test_loading_a_missing_path_says_so(tmp_path: Path, relative: bool) -> None:
+def test_loading_a_missing_path_says_so(tmp_path: Path, relative: bool, backend: RerankBackend) -> None:
     missing = "./no-such-cross-encoder-here" if relative else str(tmp_path / "missing")
 
-    with pytest.raises(FileNotFoundError, match="no cross-encoder model directory at"):
-        Reranker.load(missing)
+    with pytest.raises(RerankModelError, match="no cross-encoder model directory at"):
+        load_reranker(missing, backend=backend)
 
 
-def test_a_model_with_several_labels_is_refused(tmp_path: Path) -> None:
-    model_dir = build_tiny_cross_encoder(tmp_path / "two-labels", num_labels=2)
+def test_a_model_with_several_labels_is_refused(
+    tmp_path: Path, model_dir: Path, backend: RerankBackend
+) -> None:
+    two_labels = build_tiny_reranker_folder(
+        tmp_path / "two-labels", max_length=MAX_LENGTH, num_labels=2, export=False
+    )
+    # The ONNX backend must refuse it from its config, whatever graph sits beside it.
+    shutil.copytree(model_dir / "onnx", two_labels / "onnx")
 
-    with pytest.raises(ValueError, match="single relevance score"):
-        Reranker.load(str(model_dir), max_length=MAX_LENGTH)
+    with pytest.raises(RerankModelError, match="single relevance score"):
+        load_reranker(str(two_labels), backend=backend, max_length=MAX_LENGTH)
 
 
-def test_batch_size_must_be_positive(reference: CrossEncoder) -> None:
+def test_batch_size_must_be_positive(reranker: Reranker) -> None:
     with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
-        Reranker(reference, name="tiny", batch_size=0)
+        Reranker(reranker.scorer, reranker.identity, batch_size=0)
 
 
 def test_the_name_is_what_it_was_loaded_from(reranker: Reranker, model_dir: Path) -> None:

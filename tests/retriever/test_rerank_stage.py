@@ -2,30 +2,34 @@
 
 The model's weights are random: these tests check the plumbing (which candidates are
 scored, the order the scores impose, the budget fallback, the flags), not ranking quality.
+The reranker is served as configured by default: ONNX Runtime, from an exported folder.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from sentence_transformers import CrossEncoder
 
 from rag.common.v1 import common_pb2
 from rag.retriever.v1 import retriever_pb2
 from services.common.deferred import Deferred
-from services.retriever.rerank import Reranker
+from services.common.errors import Unavailable
+from services.retriever.rerank import Pair, Reranker
+from services.retriever.rerank_loading import load_reranker
+from services.retriever.rerank_stage import REPLACE, RerankFusion, fusion_order
+from services.retriever.rerank_text import passage_text
 from services.retriever.servicer import RerankSettings, RetrieverServicer
 from services.retriever.store import ChunkStore
 from services.retriever.store.records import ChunkInput, DocumentInput
 from tests.retriever.conftest import DIMENSION
 from tests.retriever.serving import refusal, serving
-from tests.retriever.tiny_cross_encoder import build_tiny_cross_encoder
+from tests.retriever.tiny_cross_encoder import build_tiny_reranker_folder
 
 rng = np.random.default_rng(7)
 TEXTS = [f"whales and krill note {i}" for i in range(12)]
@@ -34,12 +38,12 @@ MAX_LENGTH = 64
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_cross_encoder(tmp_path_factory.mktemp("tiny-ce"))
+    return build_tiny_reranker_folder(tmp_path_factory.mktemp("tiny-ce"), max_length=MAX_LENGTH)
 
 
 @pytest.fixture(scope="module")
 def reranker(model_path: Path) -> Iterator[Reranker]:
-    model = Reranker.load(str(model_path), max_length=MAX_LENGTH)
+    model = load_reranker(str(model_path), max_length=MAX_LENGTH)
     yield model
     model.close()
 
@@ -47,16 +51,15 @@ def reranker(model_path: Path) -> Iterator[Reranker]:
 @pytest.fixture
 def held_reranker(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Reranker]:
     """A reranker whose model scores nothing until the test is over."""
-    model = CrossEncoder(str(model_path), max_length=MAX_LENGTH)
+    held = load_reranker(str(model_path), max_length=MAX_LENGTH)
     released = threading.Event()
-    predict = model.predict
+    predict = held.scorer.predict
 
-    def predict_once_released(*args: Any, **kwargs: Any) -> Any:
+    def predict_once_released(pairs: Sequence[Pair]) -> list[float]:
         released.wait()
-        return predict(*args, **kwargs)
+        return predict(pairs)
 
-    monkeypatch.setattr(model, "predict", predict_once_released)
-    held = Reranker(model, name="held")
+    monkeypatch.setattr(held.scorer, "predict", predict_once_released)
     yield held
     released.set()
     held.close()
@@ -80,12 +83,14 @@ async def stored(store: ChunkStore, namespace: str) -> Deferred[ChunkStore]:
     return deferred
 
 
-def _servicer(stored: Deferred[ChunkStore], reranker: Reranker | None) -> RetrieverServicer:
+def _servicer(
+    stored: Deferred[ChunkStore], reranker: Reranker | None, fusion: RerankFusion = REPLACE
+) -> RetrieverServicer:
     if reranker is None:
         return RetrieverServicer(stored)
     model: Deferred[Reranker] = Deferred("the rerank model")
     model.resolve(reranker)
-    return RetrieverServicer(stored, RerankSettings(model, 8, 60_000))
+    return RetrieverServicer(stored, RerankSettings(model, 8, 60_000, fusion))
 
 
 async def _search(
@@ -185,3 +190,126 @@ async def test_bad_rerank_params_are_refused(
     search = _request(namespace, rerank=params)
     error = await refusal(_search(_servicer(stored, reranker), search), grpc.StatusCode.INVALID_ARGUMENT)
     assert message in (error.details() or "")
+
+
+# Four candidates in fused order (index 0 fused first) and their cross-encoder logits:
+# the cross-encoder ranks them 1, 2, 0, 3.
+HAND_MADE = [0.1, 3.0, 2.0, -1.0]
+
+
+def test_replace_orders_by_the_cross_encoder_alone() -> None:
+    assert REPLACE.order(HAND_MADE) == [(1, 3.0), (2, 2.0), (0, 0.1), (3, -1.0)]
+    assert fusion_order("replace")(HAND_MADE) == [1, 2, 0, 3]
+
+
+def test_rrf_fuses_the_fused_rank_with_the_cross_encoder_rank() -> None:
+    fusion = RerankFusion("rrf", weight=1.0, k=60.0)
+
+    order = fusion.order(HAND_MADE)
+
+    # Fused rank 1 and cross-encoder rank 3 beats fused rank 3 and cross-encoder rank 2.
+    assert [index for index, _ in order] == [1, 0, 2, 3]
+    expected = {0: 1 / 61 + 1 / 63, 1: 1 / 62 + 1 / 61, 2: 1 / 63 + 1 / 62, 3: 1 / 64 + 1 / 64}
+    assert dict(order) == pytest.approx(expected)
+    assert fusion_order("rrf")(HAND_MADE) == [1, 0, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("weight", "order"),
+    [
+        (0.0, [0, 1, 2, 3]),  # the cross-encoder does not count: the fused order
+        (1.0, [1, 0, 2, 3]),
+        (100.0, [1, 2, 0, 3]),  # the cross-encoder dominates: as replace
+    ],
+)
+def test_the_rrf_weight_moves_the_order_from_the_fused_one_to_the_cross_encoders(
+    weight: float, order: list[int]
+) -> None:
+    assert fusion_order("rrf", weight=weight)(HAND_MADE) == order
+
+
+def test_rrf_ties_keep_the_fused_order() -> None:
+    # Fused ranks 1, 2 against cross-encoder ranks 2, 1: equal sums.
+    assert fusion_order("rrf")([1.0, 2.0]) == [0, 1]
+    assert fusion_order("replace")([1.0, 1.0]) == [0, 1]
+
+
+def test_an_unknown_fusion_is_refused() -> None:
+    with pytest.raises(ValueError, match="rerank fusion must be one of replace, rrf; got 'linear'"):
+        fusion_order("linear")
+
+
+async def test_rrf_orders_the_hits_by_the_fused_score_and_keeps_the_logit(
+    stored: Deferred[ChunkStore], reranker: Reranker, namespace: str
+) -> None:
+    rrf = RerankFusion("rrf", weight=1.0, k=60.0)
+    search = _request(namespace, top_k=5)
+    fused = await _search(
+        _servicer(stored, None), _request(namespace, query_embedding=search.query_embedding, top_k=8)
+    )
+
+    response = await _search(_servicer(stored, reranker, rrf), search)
+
+    assert response.reranked
+    candidate_texts = [hit.text for hit in fused.hits]
+    scores = (await reranker.score("whales and krill", candidate_texts, budget_s=None)).scores
+    assert scores is not None
+    expected = rrf.order(scores)[:5]
+    assert [hit.text for hit in response.hits] == [candidate_texts[index] for index, _ in expected]
+    assert [hit.score for hit in response.hits] == pytest.approx([score for _, score in expected])
+    assert [hit.rerank_score for hit in response.hits] == pytest.approx(
+        [scores[index] for index, _ in expected]
+    )
+
+
+async def test_the_cross_encoder_reads_the_title_with_the_text(
+    store: ChunkStore, reranker: Reranker, namespace: str
+) -> None:
+    texts = {
+        "t0": ("Krill", "They feed whales."),
+        "t1": ("", "whales and krill"),
+        "t2": ("Whales", "Whales eat."),
+    }
+    await store.upsert(
+        namespace,
+        [
+            DocumentInput(
+                document_id,
+                "h",
+                title,
+                {},
+                [ChunkInput(0, text, rng.standard_normal(DIMENSION), 0, len(text))],
+            )
+            for document_id, (title, text) in texts.items()
+        ],
+    )
+    deferred: Deferred[ChunkStore] = Deferred("the store")
+    deferred.resolve(store)
+
+    response = await _search(_servicer(deferred, reranker), _request(namespace, top_k=3))
+
+    assert response.reranked
+    assert len(response.hits) == 3
+    for hit in response.hits:
+        title, text = texts[hit.document_id]
+        alone = await reranker.score("whales and krill", [passage_text(title, text)], budget_s=None)
+        assert alone.scores is not None
+        assert hit.rerank_score == pytest.approx(alone.scores[0], abs=1e-5)
+    untitled = await reranker.score("whales and krill", ["They feed whales."], budget_s=None)
+    assert untitled.scores is not None
+    titled = next(hit for hit in response.hits if hit.document_id == "t0")
+    assert titled.rerank_score != pytest.approx(untitled.scores[0], abs=1e-5), "the title changes the score"
+
+
+async def test_a_reranker_that_failed_to_load_makes_searches_unavailable_saying_why(
+    stored: Deferred[ChunkStore], namespace: str
+) -> None:
+    model: Deferred[Reranker] = Deferred("the rerank model")
+    model.fail(Unavailable("this retriever's rerank model failed to load (no tokenizer)"))
+    servicer = RetrieverServicer(stored, RerankSettings(model, 8, 60_000))
+
+    error = await refusal(_search(servicer, _request(namespace)), grpc.StatusCode.UNAVAILABLE)
+    assert "rerank model failed to load (no tokenizer)" in (error.details() or "")
+    # Without the reranker, the same retriever still searches.
+    plain = await _search(servicer, _request(namespace, rerank=common_pb2.RerankParams(enabled=False)))
+    assert len(plain.hits) == 3

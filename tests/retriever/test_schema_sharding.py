@@ -54,6 +54,7 @@ async def test_every_key_of_a_table_with_a_namespace_holds_it(make_database: Mak
         await conn.close()
 
     assert set(TABLES) - with_namespace == REFERENCE_TABLES
+    assert {"rag_feedback", "rag_feedback_items"} <= with_namespace
     checked = [c for c in constraints if c["table_name"] in with_namespace]
     assert {c["contype"] for c in checked} == {"p", "u", "f"}
     for constraint in checked:

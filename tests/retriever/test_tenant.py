@@ -78,6 +78,18 @@ def _get_index_version(retriever: Stub, namespace: str, metadata: Metadata) -> A
     return retriever.GetIndexVersion(request, metadata=metadata)
 
 
+def _submit_feedback(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    item = retriever_pb2.FeedbackItem(
+        document_id="kept", chunk_index=0, label=retriever_pb2.FEEDBACK_LABEL_RELEVANT
+    )
+    request = retriever_pb2.SubmitFeedbackRequest(namespace=namespace, question="whales?", items=[item])
+    return retriever.SubmitFeedback(request, metadata=metadata)
+
+
+def _list_feedback(retriever: Stub, namespace: str, metadata: Metadata) -> Awaitable[object]:
+    return retriever.ListFeedback(retriever_pb2.ListFeedbackRequest(namespace=namespace), metadata=metadata)
+
+
 CALLS: dict[str, Call] = {
     "Upsert": _upsert,
     "GetDocumentHashes": _get_document_hashes,
@@ -86,6 +98,8 @@ CALLS: dict[str, Call] = {
     "Delete": _delete,
     "ListDocuments": _list_documents,
     "GetIndexVersion": _get_index_version,
+    "SubmitFeedback": _submit_feedback,
+    "ListFeedback": _list_feedback,
 }
 
 
@@ -119,7 +133,8 @@ def _signed_for(*namespaces: str) -> Metadata:
 
 async def _snapshot(store: ChunkStore, namespace: str) -> tuple[object, ...]:
     listed = await store.list_documents(namespace, state=DocumentState.ALL)
-    return await store.index_version(namespace), listed.documents
+    feedback = await store.list_feedback(namespace)
+    return await store.index_version(namespace), listed.documents, feedback.feedback
 
 
 @pytest.mark.parametrize("rpc", list(CALLS))

@@ -8,6 +8,7 @@ Plain async Python over an asyncpg pool, testable without gRPC:
 - validation.py: the checks on caller input, run before any SQL;
 - reads.py and writes.py: the statements, each function on a connection it
   is given, reads apart from writes;
+- feedback.py: relevance feedback on search results, its statements and paging;
 - connection.py: pools, codecs, time limits, and what the database's
   outages and timeouts become (Unavailable, DeadlineExceeded).
 """

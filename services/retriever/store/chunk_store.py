@@ -2,7 +2,8 @@
 
 It opens the pool (after migrating the schema), answers health checks, and for
 every call checks the input (validation.py), takes a connection and hands both
-to the read (reads.py) or write (writes.py) that does the work. Every method
+to the read (reads.py) or write (writes.py) that does the work, or to the
+feedback store (feedback.py). Every method
 is scoped to one namespace; no query reads or writes another.
 """
 
@@ -44,7 +45,7 @@ from services.retriever.schema import (
     MAX_INDEXED_DIMENSION,
     migrate,
 )
-from services.retriever.store import reads, validation, writes
+from services.retriever.store import feedback, reads, validation, writes
 from services.retriever.store.connection import acquire, create_pool, session_settings, warn_if_superuser
 from services.retriever.store.records import (
     DocumentInput,
@@ -52,6 +53,8 @@ from services.retriever.store.records import (
     DocumentState,
     Embedding,
     FailureInput,
+    FeedbackInput,
+    FeedbackPage,
     Hit,
     Searched,
     StoredDocument,
@@ -476,6 +479,37 @@ class ChunkStore:
         async def list_on(pool: asyncpg.Pool) -> DocumentPage:
             async with acquire(pool, self._acquire_timeout_s) as conn:
                 return await reads.list_documents(conn, namespace, state, page_size, after)
+
+        listed = await self._on_a_replica(list_on)
+        return listed if listed is not None else await list_on(self._pool)
+
+    async def submit_feedback(self, namespace: str, submission: FeedbackInput) -> int:
+        """Store a submission's judgments, all or none, on the primary; its feedback id.
+
+        InvalidArgument for a namespace that holds no documents. The index
+        version does not move: nothing a search can find has changed.
+        """
+        require_namespace(namespace)
+        prepared = validation.prepare_feedback(submission)
+        async with self._connection() as conn:
+            return await feedback.submit(conn, namespace, prepared)
+
+    async def list_feedback(
+        self, namespace: str, *, page_size: int = DEFAULT_PAGE_SIZE, after: int = 0
+    ) -> FeedbackPage:
+        """Up to page_size feedback with ids above `after`, ordered by id (see feedback.list_feedback).
+
+        From a read replica in rotation when there is one: feedback submitted
+        within the replica's lag may not be listed yet.
+        """
+        require_namespace(namespace)
+        require_page_size(page_size)
+        if after < 0:
+            raise InvalidArgument(f"after must be 0 or more, got {after}", field="after")
+
+        async def list_on(pool: asyncpg.Pool) -> FeedbackPage:
+            async with acquire(pool, self._acquire_timeout_s) as conn:
+                return await feedback.list_feedback(conn, namespace, page_size, after)
 
         listed = await self._on_a_replica(list_on)
         return listed if listed is not None else await list_on(self._pool)

@@ -1,4 +1,4 @@
-"""The values the store takes and gives back: documents to write, hits, listings.
+"""The values the store takes and gives back: documents to write, hits, listings, feedback.
 
 Plain frozen dataclasses and enums, with no database or gRPC in them, so the
 servicer, the rerank stage and benchmarks can use them without a connection.
@@ -133,3 +133,53 @@ class Searched:
 
     hits: list[Hit]
     index_version: int
+
+
+class FeedbackLabel(enum.Enum):
+    """Whether a judged chunk answers the question; the value is what the database stores."""
+
+    RELEVANT = "relevant"
+    NOT_RELEVANT = "not_relevant"
+
+
+class AnswerRating(enum.Enum):
+    """A thumbs up or down on the answer; the value is what the database stores."""
+
+    GOOD = "good"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackItem:
+    """One chunk judged for a question, named as a search hit names it."""
+
+    document_id: str
+    chunk_index: int
+    label: FeedbackLabel
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackInput:
+    """One submission: a question and its judgments, stored whole or not at all."""
+
+    question: str
+    items: Sequence[FeedbackItem]
+    # None: the answer was not rated.
+    answer_rating: AnswerRating | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    feedback_id: int
+    question: str
+    # In the order they were submitted.
+    items: list[FeedbackItem]
+    answer_rating: AnswerRating | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackPage:
+    feedback: list[Feedback]
+    # The last feedback id of this page when more follow, to pass as `after`; None on the last page.
+    next_after: int | None

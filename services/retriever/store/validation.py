@@ -18,7 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.errors import InvalidArgument
-from services.common.limits import require_document_id, require_metadata_bytes, require_top_k
+from services.common.limits import (
+    MAX_QUESTION_CHARS,
+    require_document_id,
+    require_metadata_bytes,
+    require_top_k,
+)
 from services.common.validation import require_namespace, require_range, require_text
 from services.retriever.filters import Filter, validate_filter
 from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, require_fusion
@@ -26,10 +31,17 @@ from services.retriever.limits import (
     MAX_CHUNKS_PER_DOCUMENT,
     MAX_CONTENT_HASH_CHARS,
     MAX_FAILURE_REASON_CHARS,
+    MAX_FEEDBACK_ITEMS,
     MAX_QUERY_TEXT_CHARS,
     require_ef_search,
 )
-from services.retriever.store.records import ChunkInput, DocumentInput, Embedding, FailureInput
+from services.retriever.store.records import (
+    ChunkInput,
+    DocumentInput,
+    Embedding,
+    FailureInput,
+    FeedbackInput,
+)
 
 # Chunk indexes, offsets and pages are int4 columns.
 _INT32_MAX = 2**31 - 1
@@ -80,6 +92,33 @@ def prepare_failures(failures: Sequence[FailureInput]) -> list[FailureInput]:
             raise InvalidArgument(f"{field}.title must not contain NUL characters", field=f"{field}.title")
         _require_plain_text(failure.reason, f"{field}.reason", max_chars=MAX_FAILURE_REASON_CHARS)
     return list(failures)
+
+
+def prepare_feedback(feedback: FeedbackInput) -> FeedbackInput:
+    """Every judgment checked before any is stored; a chunk is judged at most once per submission.
+
+    A judgment may name a document that is not stored (any more): feedback
+    outlives the documents it judges, and whoever reads it back skips those.
+    """
+    _require_plain_text(feedback.question, "question", max_chars=MAX_QUESTION_CHARS)
+    require_range(len(feedback.items), "items (count)", 1, MAX_FEEDBACK_ITEMS)
+    seen: set[tuple[str, int]] = set()
+    for i, item in enumerate(feedback.items):
+        field = f"items[{i}]"
+        document_id = require_document_id(item.document_id, f"{field}.document_id")
+        if not 0 <= item.chunk_index <= _INT32_MAX:
+            raise InvalidArgument(
+                f"{field}.chunk_index must be 0..{_INT32_MAX}, got {item.chunk_index}",
+                field=f"{field}.chunk_index",
+            )
+        if (document_id, item.chunk_index) in seen:
+            raise InvalidArgument(
+                f"chunk {item.chunk_index} of document {document_id!r:.80} is judged more than once in "
+                "one submission; send one label per chunk",
+                field=field,
+            )
+        seen.add((document_id, item.chunk_index))
+    return feedback
 
 
 def require_document_ids(document_ids: Sequence[str]) -> list[str]:

@@ -54,3 +54,18 @@ def list_page(
     return gateway_pb2.ListDocumentsRequest(
         namespace=namespace, state=state, page_size=page_size, page_token=page_token
     )
+
+
+def submit_feedback(
+    namespace: str,
+    question: str,
+    items: Iterable[retriever_pb2.FeedbackItem],
+    answer_rating: retriever_pb2.AnswerRating.ValueType | None,
+) -> gateway_pb2.SubmitFeedbackRequest:
+    return gateway_pb2.SubmitFeedbackRequest(
+        namespace=namespace, question=question, items=items, answer_rating=answer_rating
+    )
+
+
+def list_feedback_page(namespace: str, page_size: int, page_token: str) -> gateway_pb2.ListFeedbackRequest:
+    return gateway_pb2.ListFeedbackRequest(namespace=namespace, page_size=page_size, page_token=page_token)

@@ -166,6 +166,37 @@ class AsyncRagClient:
             if not (page_token := page.next_page_token):
                 return
 
+    async def submit_feedback(
+        self,
+        namespace: str,
+        question: str,
+        items: Iterable[retriever_pb2.FeedbackItem],
+        *,
+        answer_rating: retriever_pb2.AnswerRating.ValueType | None = None,
+        timeout_s: float | None = None,
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        request = _requests.submit_feedback(namespace, question, items, answer_rating)
+        return await self._unary(self._stub.SubmitFeedback, request, timeout_s)
+
+    async def list_feedback(
+        self, namespace: str, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
+    ) -> gateway_pb2.ListFeedbackResponse:
+        request = _requests.list_feedback_page(namespace, page_size, page_token)
+        return await self._unary(self._stub.ListFeedback, request, timeout_s)
+
+    async def iter_feedback(
+        self, namespace: str, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> AsyncIterator[retriever_pb2.Feedback]:
+        page_token = ""
+        while True:
+            page = await self.list_feedback(
+                namespace, page_size=page_size, page_token=page_token, timeout_s=timeout_s
+            )
+            for feedback in page.feedback:
+                yield feedback
+            if not (page_token := page.next_page_token):
+                return
+
     def _deadline(self, timeout_s: float | None) -> float | None:
         return self._timeout_s if timeout_s is None else timeout_s
 

@@ -1,4 +1,4 @@
-"""RagClient: the gateway's six RPCs as blocking Python calls.
+"""RagClient: the gateway's eight RPCs as blocking Python calls.
 
 Each method takes the namespace first and the request's options as keyword
 arguments (the generated messages: RetrievalOptions, GenerationOptions, ...),
@@ -182,6 +182,40 @@ class RagClient:
                 namespace, state=state, page_size=page_size, page_token=page_token, timeout_s=timeout_s
             )
             yield from page.documents
+            if not (page_token := page.next_page_token):
+                return
+
+    def submit_feedback(
+        self,
+        namespace: str,
+        question: str,
+        items: Iterable[retriever_pb2.FeedbackItem],
+        *,
+        answer_rating: retriever_pb2.AnswerRating.ValueType | None = None,
+        timeout_s: float | None = None,
+    ) -> gateway_pb2.SubmitFeedbackResponse:
+        """Records which search hits of a question were relevant (document id and chunk index as the
+        hit gives them), and optionally a rating of its answer; stored whole or not at all."""
+        request = _requests.submit_feedback(namespace, question, items, answer_rating)
+        return self._unary(self._stub.SubmitFeedback, request, timeout_s)
+
+    def list_feedback(
+        self, namespace: str, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
+    ) -> gateway_pb2.ListFeedbackResponse:
+        """One page of the namespace's feedback, oldest first; next_page_token is "" on the last one."""
+        request = _requests.list_feedback_page(namespace, page_size, page_token)
+        return self._unary(self._stub.ListFeedback, request, timeout_s)
+
+    def iter_feedback(
+        self, namespace: str, *, page_size: int = 0, timeout_s: float | None = None
+    ) -> Iterator[retriever_pb2.Feedback]:
+        """Every feedback of the namespace, oldest first, page after page (timeout_s is per page)."""
+        page_token = ""
+        while True:
+            page = self.list_feedback(
+                namespace, page_size=page_size, page_token=page_token, timeout_s=timeout_s
+            )
+            yield from page.feedback
             if not (page_token := page.next_page_token):
                 return
 

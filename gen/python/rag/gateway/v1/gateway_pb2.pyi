@@ -620,3 +620,119 @@ class ListDocumentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDocumentsResponse: _TypeAlias = ListDocumentsResponse  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ANSWER_RATING_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """A namespace that holds at least one document."""
+    question: _builtins.str
+    """The question asked: 1..4000 characters, not blank."""
+    answer_rating: _retriever_pb2.AnswerRating.ValueType
+    """A thumbs up or down on the answer; unset (or UNSPECIFIED) for none."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_retriever_pb2.FeedbackItem]:
+        """1..1000 judgments of its search hits (document_id and chunk_index as the
+        hit gives them; label RELEVANT or NOT_RELEVANT), each chunk at most once.
+        """
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        question: _builtins.str = ...,
+        items: _abc.Iterable[_retriever_pb2.FeedbackItem] | None = ...,
+        answer_rating: _retriever_pb2.AnswerRating.ValueType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating", "items", b"items", "namespace", b"namespace", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__answer_rating: _TypeAlias = _typing.Literal["answer_rating"]  # noqa: Y015
+    _WhichOneofArgType__answer_rating: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__answer_rating) -> _WhichOneofReturnType__answer_rating | None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.int
+    item_count: _builtins.int
+    """Judgments stored: all of the request's."""
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.int = ...,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback_id", b"feedback_id", "item_count", b"item_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class ListFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    page_size: _builtins.int
+    """1..1000; 0 means 100. A page may end sooner when it holds a lot of text:
+    follow next_page_token, not the count.
+    """
+    page_token: _builtins.str
+    """From the previous page's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackRequest: _TypeAlias = ListFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[_retriever_pb2.Feedback]:
+        """Ordered by feedback_id."""
+
+    def __init__(
+        self,
+        *,
+        feedback: _abc.Iterable[_retriever_pb2.Feedback] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015

@@ -66,6 +66,16 @@ class GatewayServiceStub:
                 request_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
                 response_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/rag.gateway.v1.GatewayService/SubmitFeedback',
+                request_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/rag.gateway.v1.GatewayService/ListFeedback',
+                request_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -114,6 +124,21 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """Records which search results answered a question (and whether the answer
+        did), to train a reranker on; feedback outlives the documents it judges.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """Lists a namespace's feedback, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +171,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListDocuments,
                     request_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.FromString,
                     response_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +347,60 @@ class GatewayService:
             '/rag.gateway.v1.GatewayService/ListDocuments',
             rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsRequest.SerializeToString,
             rag_dot_gateway_dot_v1_dot_gateway__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.gateway.v1.GatewayService/SubmitFeedback',
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackRequest.SerializeToString,
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.gateway.v1.GatewayService/ListFeedback',
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackRequest.SerializeToString,
+            rag_dot_gateway_dot_v1_dot_gateway__pb2.ListFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,12 @@ class GatewayServiceStub:
     DeleteDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentsRequest, _gateway_pb2.DeleteDocumentsResponse]
     ListDocuments: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]
     """Lists a namespace's documents: stored ones and those whose ingestion failed."""
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]
+    """Records which search results answered a question (and whether the answer
+    did), to train a reranker on; feedback outlives the documents it judges.
+    """
+    ListFeedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListFeedbackRequest, _gateway_pb2.ListFeedbackResponse]
+    """Lists a namespace's feedback, oldest first, a page at a time."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -65,6 +71,12 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     DeleteDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeleteDocumentsRequest, _gateway_pb2.DeleteDocumentsResponse]  # type: ignore[assignment]
     ListDocuments: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListDocumentsRequest, _gateway_pb2.ListDocumentsResponse]  # type: ignore[assignment]
     """Lists a namespace's documents: stored ones and those whose ingestion failed."""
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.SubmitFeedbackRequest, _gateway_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Records which search results answered a question (and whether the answer
+    did), to train a reranker on; feedback outlives the documents it judges.
+    """
+    ListFeedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListFeedbackRequest, _gateway_pb2.ListFeedbackResponse]  # type: ignore[assignment]
+    """Lists a namespace's feedback, oldest first, a page at a time."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public entry point: question answering and document management over the
@@ -117,5 +129,23 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListDocumentsResponse, _abc.Awaitable[_gateway_pb2.ListDocumentsResponse]]:
         """Lists a namespace's documents: stored ones and those whose ingestion failed."""
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _gateway_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.SubmitFeedbackResponse, _abc.Awaitable[_gateway_pb2.SubmitFeedbackResponse]]:
+        """Records which search results answered a question (and whether the answer
+        did), to train a reranker on; feedback outlives the documents it judges.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFeedback(
+        self,
+        request: _gateway_pb2.ListFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListFeedbackResponse, _abc.Awaitable[_gateway_pb2.ListFeedbackResponse]]:
+        """Lists a namespace's feedback, oldest first, a page at a time."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -68,6 +68,46 @@ DOCUMENT_STATE_FAILED: DocumentState.ValueType  # 2
 """Its last ingestion failed (an older version may still be stored)."""
 Global___DocumentState: _TypeAlias = DocumentState  # noqa: Y015
 
+class _FeedbackLabel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackLabelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackLabel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_LABEL_UNSPECIFIED: _FeedbackLabel.ValueType  # 0
+    """Refused: a judgment must say which."""
+    FEEDBACK_LABEL_RELEVANT: _FeedbackLabel.ValueType  # 1
+    FEEDBACK_LABEL_NOT_RELEVANT: _FeedbackLabel.ValueType  # 2
+
+class FeedbackLabel(_FeedbackLabel, metaclass=_FeedbackLabelEnumTypeWrapper):
+    """Whether a chunk answers the question it was found for."""
+
+FEEDBACK_LABEL_UNSPECIFIED: FeedbackLabel.ValueType  # 0
+"""Refused: a judgment must say which."""
+FEEDBACK_LABEL_RELEVANT: FeedbackLabel.ValueType  # 1
+FEEDBACK_LABEL_NOT_RELEVANT: FeedbackLabel.ValueType  # 2
+Global___FeedbackLabel: _TypeAlias = FeedbackLabel  # noqa: Y015
+
+class _AnswerRating:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AnswerRatingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnswerRating.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ANSWER_RATING_UNSPECIFIED: _AnswerRating.ValueType  # 0
+    """No rating."""
+    ANSWER_RATING_GOOD: _AnswerRating.ValueType  # 1
+    ANSWER_RATING_BAD: _AnswerRating.ValueType  # 2
+
+class AnswerRating(_AnswerRating, metaclass=_AnswerRatingEnumTypeWrapper):
+    """A thumbs up or down on the answer given to the question."""
+
+ANSWER_RATING_UNSPECIFIED: AnswerRating.ValueType  # 0
+"""No rating."""
+ANSWER_RATING_GOOD: AnswerRating.ValueType  # 1
+ANSWER_RATING_BAD: AnswerRating.ValueType  # 2
+Global___AnswerRating: _TypeAlias = AnswerRating  # noqa: Y015
+
 @_typing.final
 class ChunkRecord(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -762,3 +802,196 @@ class RecordFailuresResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordFailuresResponse: _TypeAlias = RecordFailuresResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackItem(_message.Message):
+    """One chunk judged for a question, as a search hit names it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    document_id: _builtins.str
+    """1..256 characters, no NUL. Need not be stored still: feedback outlives
+    the documents it is about.
+    """
+    chunk_index: _builtins.int
+    """The chunk's index in its document (SearchHit.chunk_index), 0 or more."""
+    label: Global___FeedbackLabel.ValueType
+    """RELEVANT or NOT_RELEVANT."""
+    def __init__(
+        self,
+        *,
+        document_id: _builtins.str = ...,
+        chunk_index: _builtins.int = ...,
+        label: Global___FeedbackLabel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "document_id", b"document_id", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackItem: _TypeAlias = FeedbackItem  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ANSWER_RATING_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """A namespace that holds at least one document."""
+    question: _builtins.str
+    """The question the judged chunks were found for: 1..4000 characters, not
+    blank, no NUL.
+    """
+    answer_rating: Global___AnswerRating.ValueType
+    """Unset, or ANSWER_RATING_UNSPECIFIED: the answer was not rated."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackItem]:
+        """1..1000 judgments, each (document_id, chunk_index) at most once."""
+
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        question: _builtins.str = ...,
+        items: _abc.Iterable[Global___FeedbackItem] | None = ...,
+        answer_rating: Global___AnswerRating.ValueType | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating", "items", b"items", "namespace", b"namespace", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__answer_rating: _TypeAlias = _typing.Literal["answer_rating"]  # noqa: Y015
+    _WhichOneofArgType__answer_rating: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__answer_rating) -> _WhichOneofReturnType__answer_rating | None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    ITEM_COUNT_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.int
+    """The stored feedback's id: it grows with every submission."""
+    item_count: _builtins.int
+    """Judgments stored: all of the request's."""
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.int = ...,
+        item_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback_id", b"feedback_id", "item_count", b"item_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class Feedback(_message.Message):
+    """One stored submission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    QUESTION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    ANSWER_RATING_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.int
+    """As SubmitFeedbackResponse returned it."""
+    question: _builtins.str
+    """As submitted."""
+    answer_rating: Global___AnswerRating.ValueType
+    """Unset when the answer was not rated."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackItem]:
+        """In the order they were submitted."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was stored."""
+
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.int = ...,
+        question: _builtins.str = ...,
+        items: _abc.Iterable[Global___FeedbackItem] | None = ...,
+        answer_rating: Global___AnswerRating.ValueType | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating", "answer_rating", b"answer_rating", "created_at", b"created_at", "feedback_id", b"feedback_id", "items", b"items", "question", b"question"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__answer_rating: _TypeAlias = _typing.Literal["answer_rating"]  # noqa: Y015
+    _WhichOneofArgType__answer_rating: _TypeAlias = _typing.Literal["_answer_rating", b"_answer_rating"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__answer_rating) -> _WhichOneofReturnType__answer_rating | None: ...
+
+Global___Feedback: _TypeAlias = Feedback  # noqa: Y015
+
+@_typing.final
+class ListFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    page_size: _builtins.int
+    """1..1000; 0 means 100. A page holding a lot of text may end sooner: follow
+    next_page_token, not the count.
+    """
+    page_token: _builtins.str
+    """From the previous page's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackRequest: _TypeAlias = ListFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feedback]:
+        """Ordered by feedback_id."""
+
+    def __init__(
+        self,
+        *,
+        feedback: _abc.Iterable[Global___Feedback] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015

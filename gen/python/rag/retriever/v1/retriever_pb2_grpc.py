@@ -71,6 +71,16 @@ class RetrieverServiceStub:
                 request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.SerializeToString,
                 response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.FromString,
                 _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/rag.retriever.v1.RetrieverService/SubmitFeedback',
+                request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/rag.retriever.v1.RetrieverService/ListFeedback',
+                request_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -132,6 +142,21 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitFeedback(self, request, context):
+        """Stores one relevance judgment of search results: a question, the chunks
+        judged, and optionally a rating of the answer. All its items or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """Lists a namespace's feedback, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +194,16 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.RecordFailures,
                     request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.FromString,
                     response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackResponse.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +397,60 @@ class RetrieverService:
             '/rag.retriever.v1.RetrieverService/RecordFailures',
             rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresRequest.SerializeToString,
             rag_dot_retriever_dot_v1_dot_retriever__pb2.RecordFailuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.retriever.v1.RetrieverService/SubmitFeedback',
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackRequest.SerializeToString,
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.SubmitFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rag.retriever.v1.RetrieverService/ListFeedback',
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackRequest.SerializeToString,
+            rag_dot_retriever_dot_v1_dot_retriever__pb2.ListFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,12 @@ class RetrieverServiceStub:
     """Records documents whose ingestion failed, with the reason; a later
     successful upsert or a delete of the document clears its record.
     """
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.SubmitFeedbackRequest, _retriever_pb2.SubmitFeedbackResponse]
+    """Stores one relevance judgment of search results: a question, the chunks
+    judged, and optionally a rating of the answer. All its items or none.
+    """
+    ListFeedback: _grpc.UnaryUnaryMultiCallable[_retriever_pb2.ListFeedbackRequest, _retriever_pb2.ListFeedbackResponse]
+    """Lists a namespace's feedback, oldest first, a page at a time."""
 
 @_typing.type_check_only
 class RetrieverServiceAsyncStub(RetrieverServiceStub):
@@ -89,6 +95,12 @@ class RetrieverServiceAsyncStub(RetrieverServiceStub):
     """Records documents whose ingestion failed, with the reason; a later
     successful upsert or a delete of the document clears its record.
     """
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_retriever_pb2.SubmitFeedbackRequest, _retriever_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Stores one relevance judgment of search results: a question, the chunks
+    judged, and optionally a rating of the answer. All its items or none.
+    """
+    ListFeedback: _aio.UnaryUnaryMultiCallable[_retriever_pb2.ListFeedbackRequest, _retriever_pb2.ListFeedbackResponse]  # type: ignore[assignment]
+    """Lists a namespace's feedback, oldest first, a page at a time."""
 
 class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores chunks with their vectors and metadata, and searches them. Every call
@@ -159,5 +171,23 @@ class RetrieverServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records documents whose ingestion failed, with the reason; a later
         successful upsert or a delete of the document clears its record.
         """
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _retriever_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.SubmitFeedbackResponse, _abc.Awaitable[_retriever_pb2.SubmitFeedbackResponse]]:
+        """Stores one relevance judgment of search results: a question, the chunks
+        judged, and optionally a rating of the answer. All its items or none.
+        """
+
+    @_abc_1.abstractmethod
+    def ListFeedback(
+        self,
+        request: _retriever_pb2.ListFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_retriever_pb2.ListFeedbackResponse, _abc.Awaitable[_retriever_pb2.ListFeedbackResponse]]:
+        """Lists a namespace's feedback, oldest first, a page at a time."""
 
 def add_RetrieverServiceServicer_to_server(servicer: RetrieverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,6 +28,11 @@ type GatewayServiceClient interface {
 	DeleteDocuments(ctx context.Context, in *DeleteDocumentsRequest, opts ...grpc.CallOption) (*DeleteDocumentsResponse, error)
 	// Lists a namespace's documents: stored ones and those whose ingestion failed.
 	ListDocuments(ctx context.Context, in *ListDocumentsRequest, opts ...grpc.CallOption) (*ListDocumentsResponse, error)
+	// Records which search results answered a question (and whether the answer
+	// did), to train a reranker on; feedback outlives the documents it judges.
+	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
+	// Lists a namespace's feedback, oldest first, a page at a time.
+	ListFeedback(ctx context.Context, in *ListFeedbackRequest, opts ...grpc.CallOption) (*ListFeedbackResponse, error)
 }
 
 type gatewayServiceClient struct {
@@ -115,6 +120,24 @@ func (c *gatewayServiceClient) ListDocuments(ctx context.Context, in *ListDocume
 	return out, nil
 }
 
+func (c *gatewayServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error) {
+	out := new(SubmitFeedbackResponse)
+	err := c.cc.Invoke(ctx, "/rag.gateway.v1.GatewayService/SubmitFeedback", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *gatewayServiceClient) ListFeedback(ctx context.Context, in *ListFeedbackRequest, opts ...grpc.CallOption) (*ListFeedbackResponse, error) {
+	out := new(ListFeedbackResponse)
+	err := c.cc.Invoke(ctx, "/rag.gateway.v1.GatewayService/ListFeedback", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility
@@ -130,6 +153,11 @@ type GatewayServiceServer interface {
 	DeleteDocuments(context.Context, *DeleteDocumentsRequest) (*DeleteDocumentsResponse, error)
 	// Lists a namespace's documents: stored ones and those whose ingestion failed.
 	ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error)
+	// Records which search results answered a question (and whether the answer
+	// did), to train a reranker on; feedback outlives the documents it judges.
+	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
+	// Lists a namespace's feedback, oldest first, a page at a time.
+	ListFeedback(context.Context, *ListFeedbackRequest) (*ListFeedbackResponse, error)
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -154,6 +182,12 @@ func (UnimplementedGatewayServiceServer) DeleteDocuments(context.Context, *Delet
 }
 func (UnimplementedGatewayServiceServer) ListDocuments(context.Context, *ListDocumentsRequest) (*ListDocumentsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListDocuments not implemented")
+}
+func (UnimplementedGatewayServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SubmitFeedback not implemented")
+}
+func (UnimplementedGatewayServiceServer) ListFeedback(context.Context, *ListFeedbackRequest) (*ListFeedbackResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListFeedback not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 
@@ -279,6 +313,42 @@ func _GatewayService_ListDocuments_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_SubmitFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitFeedbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).SubmitFeedback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rag.gateway.v1.GatewayService/SubmitFeedback",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).SubmitFeedback(ctx, req.(*SubmitFeedbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _GatewayService_ListFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFeedbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(GatewayServiceServer).ListFeedback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rag.gateway.v1.GatewayService/ListFeedback",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(GatewayServiceServer).ListFeedback(ctx, req.(*ListFeedbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _GatewayService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "rag.gateway.v1.GatewayService",
 	HandlerType: (*GatewayServiceServer)(nil),
@@ -302,6 +372,14 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDocuments",
 			Handler:    _GatewayService_ListDocuments_Handler,
+		},
+		{
+			MethodName: "SubmitFeedback",
+			Handler:    _GatewayService_SubmitFeedback_Handler,
+		},
+		{
+			MethodName: "ListFeedback",
+			Handler:    _GatewayService_ListFeedback_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

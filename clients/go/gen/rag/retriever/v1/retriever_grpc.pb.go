@@ -36,6 +36,11 @@ type RetrieverServiceClient interface {
 	// Records documents whose ingestion failed, with the reason; a later
 	// successful upsert or a delete of the document clears its record.
 	RecordFailures(ctx context.Context, in *RecordFailuresRequest, opts ...grpc.CallOption) (*RecordFailuresResponse, error)
+	// Stores one relevance judgment of search results: a question, the chunks
+	// judged, and optionally a rating of the answer. All its items or none.
+	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
+	// Lists a namespace's feedback, oldest first, a page at a time.
+	ListFeedback(ctx context.Context, in *ListFeedbackRequest, opts ...grpc.CallOption) (*ListFeedbackResponse, error)
 }
 
 type retrieverServiceClient struct {
@@ -109,6 +114,24 @@ func (c *retrieverServiceClient) RecordFailures(ctx context.Context, in *RecordF
 	return out, nil
 }
 
+func (c *retrieverServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error) {
+	out := new(SubmitFeedbackResponse)
+	err := c.cc.Invoke(ctx, "/rag.retriever.v1.RetrieverService/SubmitFeedback", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *retrieverServiceClient) ListFeedback(ctx context.Context, in *ListFeedbackRequest, opts ...grpc.CallOption) (*ListFeedbackResponse, error) {
+	out := new(ListFeedbackResponse)
+	err := c.cc.Invoke(ctx, "/rag.retriever.v1.RetrieverService/ListFeedback", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RetrieverServiceServer is the server API for RetrieverService service.
 // All implementations must embed UnimplementedRetrieverServiceServer
 // for forward compatibility
@@ -132,6 +155,11 @@ type RetrieverServiceServer interface {
 	// Records documents whose ingestion failed, with the reason; a later
 	// successful upsert or a delete of the document clears its record.
 	RecordFailures(context.Context, *RecordFailuresRequest) (*RecordFailuresResponse, error)
+	// Stores one relevance judgment of search results: a question, the chunks
+	// judged, and optionally a rating of the answer. All its items or none.
+	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
+	// Lists a namespace's feedback, oldest first, a page at a time.
+	ListFeedback(context.Context, *ListFeedbackRequest) (*ListFeedbackResponse, error)
 	mustEmbedUnimplementedRetrieverServiceServer()
 }
 
@@ -159,6 +187,12 @@ func (UnimplementedRetrieverServiceServer) ListDocuments(context.Context, *ListD
 }
 func (UnimplementedRetrieverServiceServer) RecordFailures(context.Context, *RecordFailuresRequest) (*RecordFailuresResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RecordFailures not implemented")
+}
+func (UnimplementedRetrieverServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SubmitFeedback not implemented")
+}
+func (UnimplementedRetrieverServiceServer) ListFeedback(context.Context, *ListFeedbackRequest) (*ListFeedbackResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListFeedback not implemented")
 }
 func (UnimplementedRetrieverServiceServer) mustEmbedUnimplementedRetrieverServiceServer() {}
 
@@ -299,6 +333,42 @@ func _RetrieverService_RecordFailures_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RetrieverService_SubmitFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitFeedbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrieverServiceServer).SubmitFeedback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rag.retriever.v1.RetrieverService/SubmitFeedback",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrieverServiceServer).SubmitFeedback(ctx, req.(*SubmitFeedbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RetrieverService_ListFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFeedbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RetrieverServiceServer).ListFeedback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rag.retriever.v1.RetrieverService/ListFeedback",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RetrieverServiceServer).ListFeedback(ctx, req.(*ListFeedbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RetrieverService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "rag.retriever.v1.RetrieverService",
 	HandlerType: (*RetrieverServiceServer)(nil),
@@ -330,6 +400,14 @@ var _RetrieverService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecordFailures",
 			Handler:    _RetrieverService_RecordFailures_Handler,
+		},
+		{
+			MethodName: "SubmitFeedback",
+			Handler:    _RetrieverService_SubmitFeedback_Handler,
+		},
+		{
+			MethodName: "ListFeedback",
+			Handler:    _RetrieverService_ListFeedback_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
