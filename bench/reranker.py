@@ -16,7 +16,8 @@ embedded PostgreSQL and the corpus ingested first (minutes on SciFact).
 Rows: model (its encoder layers and max tokens per pair, from its card),
 file, N; columns: nDCG@10 of the fused order, of the reranked order (the
 cross-encoder's order replacing the fused one) and of the two fused by
-reciprocal rank (`rrf`, weight 1, k 60), then p50 and p95 milliseconds.
+reciprocal rank (`rrf`, the cross-encoder's rank weighted 0.5 and 1 against the
+fused rank's 1, k 60), then p50 and p95 milliseconds.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from services.retriever.rerank_folder import CARD_FILE, DEFAULT_ONNX_FILE, QUANT
 from services.retriever.rerank_onnx import load_onnx_cross_encoder
 
 CANDIDATES = 100
-FUSIONS = ("replace", "rrf")
+# (RETRIEVER_RERANK_FUSION, its weight): the orders compared, as columns.
+FUSIONS = (("replace", 1.0), ("rrf", 0.5), ("rrf", 1.0))
 
 
 @contextlib.contextmanager
@@ -82,8 +84,10 @@ def rows(
             timed = _timed(model.score, took)
             scores = validation.score_candidates(queries, candidates, top_n, timed)
             ndcgs = [
-                validation.validate(queries, candidates, scores, top_n, rerank_stage.fusion_order(f))
-                for f in FUSIONS
+                validation.validate(
+                    queries, candidates, scores, top_n, rerank_stage.fusion_order(f, weight=w)
+                )
+                for f, w in FUSIONS
             ]
             yield [
                 f"{folder.name} ({layers} layers, {max_length} tokens)",
@@ -124,7 +128,7 @@ def main() -> None:
     with gateway(args, dataset.corpus) as (client, namespace, version):
         log(f"searching {len(queries)} held-back queries")
         candidates = judgments.fused_candidates(client, namespace, queries, CANDIDATES, version)
-    header = ["model", "file", "N", "fused", "replace", "rrf", "p50 ms", "p95 ms"]
+    header = ["model", "file", "N", "fused", *(f"{f} {w:g}" for f, w in FUSIONS), "p50 ms", "p95 ms"]
     table = [header]
     for folder in args.models:
         log(f"scoring with {folder}")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rag_cli.reranker.judgments import Candidate, JudgedQuery, split_queries, training_pairs
+from rag_cli.reranker.judgments import (
+    EASY_NEGATIVES_FROM,
+    Candidate,
+    JudgedQuery,
+    split_queries,
+    training_pairs,
+)
 from rag_cli.reranker.validation import reordered, validate
 
 
@@ -51,8 +57,9 @@ def test_pairs_are_the_positives_and_the_best_ranked_negatives() -> None:
         candidate("other-2"),
     ]
 
-    pairs = training_pairs([judged], {"q1": found}, negatives_per_query=2)
+    pairs = training_pairs([judged], {"q1": found}, negatives_per_query=4, seed=1)
 
+    # Half the negatives are the best-ranked; nothing lies far enough down for the easy half.
     assert [(p.passage, p.label) for p in pairs] == [
         ("text of relevant#0", 1.0),
         ("text of relevant#1", 1.0),
@@ -61,17 +68,33 @@ def test_pairs_are_the_positives_and_the_best_ranked_negatives() -> None:
     ]
 
 
+def test_the_easy_half_of_the_negatives_comes_from_far_down_chosen_by_the_seed() -> None:
+    judged = query(1, {"relevant": 1})
+    found = [candidate("relevant"), *(candidate(f"other-{rank}") for rank in range(1, 60))]
+
+    pairs = training_pairs([judged], {"q1": found}, negatives_per_query=4, seed=3)
+    again = training_pairs([judged], {"q1": found}, negatives_per_query=4, seed=3)
+    other_seed = training_pairs([judged], {"q1": found}, negatives_per_query=4, seed=4)
+
+    negatives = [p.passage.removeprefix("text of ").removesuffix("#0") for p in pairs if p.label == 0]
+    assert negatives[:2] == ["other-1", "other-2"]
+    assert all(int(n.split("-")[1]) > EASY_NEGATIVES_FROM for n in negatives[2:])
+    assert len(negatives) == 4
+    assert pairs == again
+    assert pairs != other_seed
+
+
 def test_chunk_judgments_make_only_the_judged_chunk_positive() -> None:
     judged = JudgedQuery("q1", "question", {"relevant": 1}, relevant_chunks=frozenset({("relevant", 1)}))
     found = [candidate("relevant", 0), candidate("relevant", 1)]
 
-    pairs = training_pairs([judged], {"q1": found}, negatives_per_query=5)
+    pairs = training_pairs([judged], {"q1": found}, negatives_per_query=5, seed=1)
 
     assert [(p.passage, p.label) for p in pairs] == [("text of relevant#1", 1.0), ("text of relevant#0", 0.0)]
 
 
 def test_a_query_without_a_positive_candidate_gives_no_pairs() -> None:
-    assert training_pairs([query(1)], {"q1": [candidate("other")]}, negatives_per_query=3) == []
+    assert training_pairs([query(1)], {"q1": [candidate("other")]}, negatives_per_query=3, seed=1) == []
 
 
 def test_reranking_reorders_only_the_first_n_candidates() -> None:
@@ -98,8 +121,9 @@ def test_validation_scores_the_fused_and_the_reranked_document_ranking() -> None
 
 
 def test_the_trainer_offers_the_retrievers_fusions_with_its_default_first() -> None:
-    from rag_cli.reranker.command import FUSIONS
+    from rag_cli.reranker.command import DEFAULT_FUSION_WEIGHT, FUSIONS
     from services.retriever import rerank_stage
 
     assert FUSIONS == rerank_stage.FUSIONS
     assert FUSIONS[0] == rerank_stage.DEFAULT_RERANK_FUSION
+    assert DEFAULT_FUSION_WEIGHT == rerank_stage.DEFAULT_RERANK_FUSION_WEIGHT

@@ -38,7 +38,9 @@ from services.retriever.limits import DEFAULT_RERANK_CANDIDATES
 
 VALIDATION_IDS_FILE = "validation-queries.txt"
 # The retriever's RETRIEVER_RERANK_FUSION values (services/retriever/rerank_stage.py), its default first.
-FUSIONS = ("replace", "rrf")
+FUSIONS = ("rrf", "replace")
+# The retriever's RETRIEVER_RERANK_FUSION_WEIGHT default.
+DEFAULT_FUSION_WEIGHT = 0.5
 
 
 def register(commands: Any) -> None:
@@ -73,7 +75,12 @@ def register(commands: Any) -> None:
         "--max-length", type=int, default=training.TrainingSettings.max_length, help="tokens per pair"
     )
     command.add_argument("--layers", type=int, help="keep only the base model's first N encoder layers")
-    command.add_argument("--negatives", type=int, default=8, help="hard negatives per query (default 8)")
+    command.add_argument(
+        "--negatives",
+        type=int,
+        default=8,
+        help="negatives per query, half the best-ranked and half from far down (default 8)",
+    )
     command.add_argument(
         "--candidates",
         type=int,
@@ -92,6 +99,13 @@ def register(commands: Any) -> None:
         choices=FUSIONS,
         default=FUSIONS[0],
         help="how the rerank stage orders, in validation (the retriever's RETRIEVER_RERANK_FUSION)",
+    )
+    command.add_argument(
+        "--fusion-weight",
+        type=float,
+        default=DEFAULT_FUSION_WEIGHT,
+        help="with --fusion rrf: the reranker's weight against the fused order's 1"
+        " (the retriever's RETRIEVER_RERANK_FUSION_WEIGHT)",
     )
     command.add_argument("--quantize", action="store_true", help="also write onnx/model_int8.onnx")
     command.set_defaults(run=run)
@@ -133,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 source.index_version,
                 progress.update,
             )
-    pairs = judgments.training_pairs(split.train, candidates, args.negatives)
+    pairs = judgments.training_pairs(split.train, candidates, args.negatives, args.seed)
     echo(
         f"{len(split.train)} training queries ({len(pairs)} pairs), {len(split.validation)} held back;"
         f" training on {training.cpu_threads()} cores"
@@ -155,7 +169,11 @@ def run(args: argparse.Namespace) -> int:
                 split.validation, candidates, args.top_n, served.score, progress.update
             )
         checked = validation.validate(
-            split.validation, candidates, scores, args.top_n, rerank_stage.fusion_order(args.fusion)
+            split.validation,
+            candidates,
+            scores,
+            args.top_n,
+            rerank_stage.fusion_order(args.fusion, weight=args.fusion_weight),
         )
         echo(
             f"nDCG@10 on the {checked.queries} held-back queries: fused {checked.fused_ndcg:.4f},"
@@ -183,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 "metric": f"nDCG@{validation.NDCG_AT}",
                 "top_n": args.top_n,
                 "fusion": args.fusion,
+                "fusion_weight": args.fusion_weight,
                 "fused": round(checked.fused_ndcg, 4),
                 "reranked": round(checked.reranked_ndcg, 4),
             },

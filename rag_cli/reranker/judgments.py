@@ -163,21 +163,35 @@ class Pair:
     label: float
 
 
-def training_pairs(
-    queries: Iterable[JudgedQuery], candidates: Mapping[str, Sequence[Candidate]], negatives_per_query: int
-) -> list[Pair]:
-    """Every positive among each query's candidates, and its `negatives_per_query` best-fused negatives.
+# Negatives past this many candidates count as easy: far down the fused order.
+EASY_NEGATIVES_FROM = 30
 
-    A query none of whose candidates is a positive gives nothing: its hard
-    negatives alone would teach the model only what is wrong for it.
+
+def training_pairs(
+    queries: Iterable[JudgedQuery],
+    candidates: Mapping[str, Sequence[Candidate]],
+    negatives_per_query: int,
+    seed: int,
+) -> list[Pair]:
+    """Every positive among each query's candidates, and `negatives_per_query` negatives: half the
+    best-ranked ones (hard), half drawn by the seed from beyond EASY_NEGATIVES_FROM (easy).
+
+    Hard negatives alone look so much like the positives that a fresh head
+    learns from them slowly, if at all; easy ones teach relevance first. A
+    query none of whose candidates is a positive gives nothing: its negatives
+    alone would teach the model only what is wrong for it.
     """
+    draw = random.Random(seed)
     pairs: list[Pair] = []
     for query in queries:
         found = candidates.get(query.id, [])
         positives = [c for c in found if query.is_positive(c)]
         if not positives:
             continue
-        negatives = [c for c in found if not query.is_positive(c)][:negatives_per_query]
+        negatives = [c for c in found if not query.is_positive(c)]
+        hard = negatives[: (negatives_per_query + 1) // 2]
+        far = [c for c in negatives[EASY_NEGATIVES_FROM:] if c not in hard]
+        easy = draw.sample(far, min(len(far), negatives_per_query - len(hard)))
         pairs += [Pair(query.text, c.passage, 1.0) for c in positives]
-        pairs += [Pair(query.text, c.passage, 0.0) for c in negatives]
+        pairs += [Pair(query.text, c.passage, 0.0) for c in [*hard, *easy]]
     return pairs

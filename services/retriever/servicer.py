@@ -193,14 +193,18 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         reranked = rerank_stage.Reranked(hits[: request.top_k], reranked=False, timed_out=False)
         if rerank_plan is not None and self._rerank is not None:
             with timer.stage("rerank") as span:
-                span.set_attribute("rag.retriever.rerank_candidates", len(hits))
+                # The first `candidates` hits are reranked; any further ones a larger top_k asks for
+                # follow in fused order, so the stage costs the same whatever top_k is.
+                candidates = hits[: rerank_plan.candidates]
+                span.set_attribute("rag.retriever.rerank_candidates", len(candidates))
                 reranked = await rerank_stage.rerank(
                     self._rerank.reranker.value,
                     request.query_text,
-                    hits,
+                    candidates,
                     request.top_k,
                     rerank_plan.budget_s,
                     self._rerank.fusion,
+                    rest=hits[rerank_plan.candidates :],
                 )
                 span.set_attribute("rag.retriever.rerank_timed_out", reranked.timed_out)
         instruments.search_hits.record(len(reranked.hits), mode_attribute)

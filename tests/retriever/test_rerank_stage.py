@@ -112,6 +112,25 @@ def _request(namespace: str, **fields: Any) -> retriever_pb2.SearchRequest:
     return retriever_pb2.SearchRequest(**values)
 
 
+async def test_hits_past_the_reranked_candidates_follow_in_fused_order(
+    stored: Deferred[ChunkStore], reranker: Reranker, namespace: str
+) -> None:
+    few = common_pb2.RerankParams(enabled=True, candidates=2)
+    search = _request(namespace, top_k=6, rerank=few)
+    fused = await _search(
+        _servicer(stored, None), _request(namespace, query_embedding=search.query_embedding, top_k=6)
+    )
+
+    response = await _search(_servicer(stored, reranker), search)
+
+    assert response.reranked
+    reranked, rest = response.hits[:2], response.hits[2:]
+    assert {hit.text for hit in reranked} == {hit.text for hit in fused.hits[:2]}
+    assert all(hit.HasField("rerank_score") for hit in reranked)
+    assert [hit.text for hit in rest] == [hit.text for hit in fused.hits[2:]]
+    assert not any(hit.HasField("rerank_score") for hit in rest)
+
+
 async def test_reranks_the_fused_candidates_into_the_final_top_k(
     stored: Deferred[ChunkStore], reranker: Reranker, namespace: str
 ) -> None:
@@ -211,7 +230,7 @@ def test_rrf_fuses_the_fused_rank_with_the_cross_encoder_rank() -> None:
     assert [index for index, _ in order] == [1, 0, 2, 3]
     expected = {0: 1 / 61 + 1 / 63, 1: 1 / 62 + 1 / 61, 2: 1 / 63 + 1 / 62, 3: 1 / 64 + 1 / 64}
     assert dict(order) == pytest.approx(expected)
-    assert fusion_order("rrf")(HAND_MADE) == [1, 0, 2, 3]
+    assert fusion_order("rrf", weight=1.0)(HAND_MADE) == [1, 0, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -235,7 +254,7 @@ def test_rrf_ties_keep_the_fused_order() -> None:
 
 
 def test_an_unknown_fusion_is_refused() -> None:
-    with pytest.raises(ValueError, match="rerank fusion must be one of replace, rrf; got 'linear'"):
+    with pytest.raises(ValueError, match="rerank fusion must be one of rrf, replace; got 'linear'"):
         fusion_order("linear")
 
 

@@ -848,7 +848,8 @@ type RerankParams struct {
 
 	// Unset: rerank when the retriever has a reranker configured.
 	Enabled *bool `protobuf:"varint,1,opt,name=enabled,proto3,oneof" json:"enabled,omitempty"`
-	// Fused candidates handed to the reranker.
+	// The first N fused candidates handed to the reranker; when top_k asks for
+	// more, the hits past them follow in fused order.
 	Candidates *int32 `protobuf:"varint,2,opt,name=candidates,proto3,oneof" json:"candidates,omitempty"`
 	// After this budget the fused order is returned and flagged.
 	BudgetMs *int32 `protobuf:"varint,3,opt,name=budget_ms,json=budgetMs,proto3,oneof" json:"budget_ms,omitempty"`

@@ -385,7 +385,9 @@ class RerankParams(_message.Message):
     enabled: _builtins.bool
     """Unset: rerank when the retriever has a reranker configured."""
     candidates: _builtins.int
-    """Fused candidates handed to the reranker."""
+    """The first N fused candidates handed to the reranker; when top_k asks for
+    more, the hits past them follow in fused order.
+    """
     budget_ms: _builtins.int
     """After this budget the fused order is returned and flagged."""
     def __init__(
