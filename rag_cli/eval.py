@@ -243,8 +243,12 @@ def _evaluate_or_rejected(
     except RagError as error:
         if error.code not in MODE_REJECTIONS:
             raise
-        name = mode + (RERANKED_SUFFIX if rerank else "")
-        return ModeResult(name, error=f"{error.code.name}: {error.message}")
+        return ModeResult(row_name(mode, rerank), error=f"{error.code.name}: {error.message}")
+
+
+def row_name(mode: str, rerank: common_pb2.RerankParams | None) -> str:
+    """The mode's row in the report: mode+rerank when the rerank stage ran."""
+    return mode + (RERANKED_SUFFIX if rerank else "")
 
 
 def evaluate_mode(
@@ -268,7 +272,7 @@ def evaluate_mode(
         min_index_version=min_index_version,
         rerank=rerank or common_pb2.RerankParams(enabled=False),
     )
-    row = mode + (RERANKED_SUFFIX if rerank else "")
+    row = row_name(mode, rerank)
     scores: dict[str, list[float]] = defaultdict(list)
     latencies: dict[str, list[float]] = defaultdict(list)
     for query in tqdm(queries, unit="query", desc=row):

@@ -91,14 +91,6 @@ def feedback_judgments(feedback: Iterable[retriever_pb2.Feedback]) -> FeedbackJu
     )
 
 
-def qrels_from_feedback(
-    feedback: Iterable[retriever_pb2.Feedback],
-) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
-    """(queries: query id -> question, qrels: query id -> document id -> 0 or 1): feedback_judgments'."""
-    judgments = feedback_judgments(feedback)
-    return judgments.queries, judgments.qrels
-
-
 def parse_judgment(text: str) -> retriever_pb2.FeedbackItem:
     """`DOC_ID#CHUNK=relevant|not-relevant`; split at the last '=' and '#', so an id may hold either."""
     target, _, label = text.rpartition("=")

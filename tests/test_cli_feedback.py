@@ -15,7 +15,6 @@ from rag_cli.feedback import (
     feedback_judgments,
     feedback_line,
     parse_judgment,
-    qrels_from_feedback,
     qrels_lines,
 )
 
@@ -71,7 +70,8 @@ FEEDBACK = [
 
 
 def test_the_export_has_one_query_per_question_and_the_latest_judgment_of_each_document() -> None:
-    queries, qrels = qrels_from_feedback(FEEDBACK)
+    judgments = feedback_judgments(FEEDBACK)
+    queries, qrels = judgments.queries, judgments.qrels
 
     assert queries == {
         "fb-3": "How long are backups kept?",
@@ -96,12 +96,13 @@ def test_the_relevant_chunks_are_those_of_the_deciding_judgments() -> None:
 
 
 def test_no_feedback_exports_an_empty_set() -> None:
-    assert qrels_from_feedback([]) == ({}, {})
+    empty = feedback_judgments([])
+    assert (empty.queries, empty.qrels) == ({}, {})
     assert qrels_lines({}) == ([QRELS_HEADER], [])
 
 
 def test_the_qrels_lines_read_back_as_a_beir_set(tmp_path: Path) -> None:
-    _, qrels = qrels_from_feedback(FEEDBACK)
+    qrels = feedback_judgments(FEEDBACK).qrels
     lines, unwritable = qrels_lines(qrels)
     path = tmp_path / "test.tsv"
     path.write_text("".join(line + "\n" for line in lines))

@@ -118,12 +118,3 @@ def test_validation_scores_the_fused_and_the_reranked_document_ranking() -> None
     assert result.fused_ndcg == pytest.approx(1 / 1.5849625)  # the relevant document at rank 2
     assert result.reranked_ndcg == pytest.approx(1.0)
     assert result.gain == pytest.approx(1 - 1 / 1.5849625)
-
-
-def test_the_trainer_offers_the_retrievers_fusions_with_its_default_first() -> None:
-    from rag_cli.reranker.command import DEFAULT_FUSION_WEIGHT, FUSIONS
-    from services.retriever import rerank_stage
-
-    assert FUSIONS == rerank_stage.FUSIONS
-    assert FUSIONS[0] == rerank_stage.DEFAULT_RERANK_FUSION
-    assert DEFAULT_FUSION_WEIGHT == rerank_stage.DEFAULT_RERANK_FUSION_WEIGHT

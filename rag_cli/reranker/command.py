@@ -5,8 +5,8 @@
 2. A validation share of the queries is kept back (20 % by default, chosen by
    the seed) and never trained on.
 3. Every query is searched through the gateway (hybrid, rerank off); positives
-   are the judged-relevant chunks among the candidates, hard negatives the
-   best-ranked of the rest.
+   are the judged-relevant chunks among the candidates, negatives half the
+   best-ranked of the rest (hard) and half from far down (easy).
 4. A fresh one-logit head on the base model is trained on the training share.
 5. On the validation share, nDCG@10 of the fused order and of the reranked
    one (the retriever's rerank stage, in-process). A model that does no better
@@ -34,13 +34,14 @@ from rag_cli.client import gateway_client
 from rag_cli.reranker import judgments, training, validation
 from rag_cli.terminal import echo
 from services.common.limits import MAX_TOP_K
-from services.retriever.limits import DEFAULT_RERANK_CANDIDATES
+from services.retriever.limits import (
+    DEFAULT_RERANK_CANDIDATES,
+    DEFAULT_RERANK_FUSION,
+    DEFAULT_RERANK_FUSION_WEIGHT,
+    RERANK_FUSIONS,
+)
 
 VALIDATION_IDS_FILE = "validation-queries.txt"
-# The retriever's RETRIEVER_RERANK_FUSION values (services/retriever/rerank_stage.py), its default first.
-FUSIONS = ("rrf", "replace")
-# The retriever's RETRIEVER_RERANK_FUSION_WEIGHT default.
-DEFAULT_FUSION_WEIGHT = 0.5
 
 
 def register(commands: Any) -> None:
@@ -96,14 +97,14 @@ def register(commands: Any) -> None:
     )
     command.add_argument(
         "--fusion",
-        choices=FUSIONS,
-        default=FUSIONS[0],
+        choices=RERANK_FUSIONS,
+        default=DEFAULT_RERANK_FUSION,
         help="how the rerank stage orders, in validation (the retriever's RETRIEVER_RERANK_FUSION)",
     )
     command.add_argument(
         "--fusion-weight",
         type=float,
-        default=DEFAULT_FUSION_WEIGHT,
+        default=DEFAULT_RERANK_FUSION_WEIGHT,
         help="with --fusion rrf: the reranker's weight against the fused order's 1"
         " (the retriever's RETRIEVER_RERANK_FUSION_WEIGHT)",
     )

@@ -19,6 +19,9 @@ from services.retriever.limits import (
     DEFAULT_POOL_MIN_SIZE,
     DEFAULT_RERANK_BUDGET_MS,
     DEFAULT_RERANK_CANDIDATES,
+    DEFAULT_RERANK_FUSION,
+    DEFAULT_RERANK_FUSION_K,
+    DEFAULT_RERANK_FUSION_WEIGHT,
     DEFAULT_RRF_K,
     DEFAULT_STATEMENT_TIMEOUT_MS,
     MAX_BM25_B,
@@ -31,16 +34,11 @@ from services.retriever.limits import (
     MAX_RERANK_CANDIDATES,
     MAX_RRF_K,
     MAX_STATEMENT_TIMEOUT_MS,
+    RerankFusionMode,
 )
 from services.retriever.rerank_folder import DEFAULT_ONNX_FILE, require_relative_onnx_file
 from services.retriever.rerank_loading import DEFAULT_RERANK_BACKEND, RerankBackend
-from services.retriever.rerank_stage import (
-    DEFAULT_RERANK_FUSION,
-    DEFAULT_RERANK_FUSION_K,
-    DEFAULT_RERANK_FUSION_WEIGHT,
-    RerankFusion,
-    RerankFusionMode,
-)
+from services.retriever.rerank_stage import RerankFusion
 from services.retriever.schema import (
     DEFAULT_HNSW_EF_CONSTRUCTION,
     DEFAULT_HNSW_M,

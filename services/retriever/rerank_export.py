@@ -47,7 +47,13 @@ from services.retriever.rerank_folder import (
     sha256_of,
     write_card,
 )
-from services.retriever.rerank_onnx import OUTPUT_NAME, OnnxCrossEncoder, load_tokenizer, open_session
+from services.retriever.rerank_onnx import (
+    OUTPUT_NAME,
+    OnnxCrossEncoder,
+    load_config,
+    load_tokenizer,
+    open_session,
+)
 from services.retriever.rerank_torch import TorchCrossEncoder
 
 log = logging.getLogger(__name__)
@@ -277,12 +283,7 @@ def order_agreement(
 
 def _default_max_length(folder: Path) -> int:
     """The retriever's default, or less for a model with fewer positions."""
-    from transformers import AutoConfig
-
-    try:
-        positions = getattr(AutoConfig.from_pretrained(str(folder)), "max_position_embeddings", None)
-    except Exception as error:
-        raise RerankModelError(f"{folder} has no readable model config (config.json): {error}") from error
+    positions = getattr(load_config(folder), "max_position_embeddings", None)
     return min(DEFAULT_RERANK_MAX_LENGTH, positions or DEFAULT_RERANK_MAX_LENGTH)
 
 

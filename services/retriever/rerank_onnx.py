@@ -86,7 +86,7 @@ def load_onnx_cross_encoder(
     """
     require_folder(folder)
     require_tokenizer_files(folder)
-    config = _config(folder)
+    config = load_config(folder)
     require_single_label(int(config.num_labels), folder)
     require_max_length(max_length, getattr(config, "max_position_embeddings", None), folder)
     path = folder / onnx_file
@@ -117,7 +117,8 @@ def open_session(path: Path, *, intra_op_threads: int = 0) -> ort.InferenceSessi
         ) from error
 
 
-def _config(folder: Path) -> Any:
+def load_config(folder: Path) -> Any:
+    """The folder's model config (config.json), read without the network."""
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except Exception as error:  # transformers raises OSError, ValueError or KeyError here

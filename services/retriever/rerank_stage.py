@@ -5,32 +5,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from rag.common.v1 import common_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.validation import require_range
-from services.retriever.limits import MAX_RERANK_BUDGET_MS, MAX_RERANK_CANDIDATES
+from services.retriever.limits import (
+    DEFAULT_RERANK_FUSION,
+    DEFAULT_RERANK_FUSION_K,
+    DEFAULT_RERANK_FUSION_WEIGHT,
+    MAX_RERANK_BUDGET_MS,
+    MAX_RERANK_CANDIDATES,
+    RERANK_FUSIONS,
+    RerankFusionMode,
+)
 from services.retriever.rerank import Reranker, rerank_order
 from services.retriever.rerank_text import passage_text
 from services.retriever.store.records import Hit
-
-# How the cross-encoder's scores make the final order (RETRIEVER_RERANK_FUSION):
-# - rrf: reciprocal rank fusion of the fused order and the cross-encoder's, so
-#   a candidate both rank well beats one only the cross-encoder likes. It suits
-#   a reranker that is good but not always better than the fused order (a small
-#   one, or one trained on little data).
-# - replace: by the cross-encoder's score alone; the fused order only breaks ties.
-# The default is what measured best: on SciFact's held-back train queries a
-# reranker trained there scores nDCG@10 0.791 fused with weight 0.5 (0.780 with
-# 1) against 0.713 replacing the fused order (0.761) (bench/README.md, "reranker.py").
-RerankFusionMode = Literal["replace", "rrf"]
-FUSIONS: tuple[RerankFusionMode, ...] = ("rrf", "replace")
-DEFAULT_RERANK_FUSION: RerankFusionMode = "rrf"
-# rrf: the cross-encoder's weight (the fused order's is 1), and k in 1 / (k + rank).
-# k 60 is the customary value: both rankings' first few places count, none dominates.
-DEFAULT_RERANK_FUSION_WEIGHT = 0.5
-DEFAULT_RERANK_FUSION_K = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +61,8 @@ def fusion_order(
 
     For code that ranks as the retriever does without a Hit in hand (the reranker trainer's validation).
     """
-    if mode not in FUSIONS:
-        raise ValueError(f"rerank fusion must be one of {', '.join(FUSIONS)}; got {mode!r}")
+    if mode not in RERANK_FUSIONS:
+        raise ValueError(f"rerank fusion must be one of {', '.join(RERANK_FUSIONS)}; got {mode!r}")
     fusion = RerankFusion(mode, weight, k)
 
     def order(scores: Sequence[float]) -> list[int]:
