@@ -31,7 +31,6 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         embedder_target=settings.embedder_target,
         retriever_target=settings.retriever_target,
         generator_target=settings.generator_target,
-        tracer_provider=tracer_provider,
         max_message_bytes=settings.upstream_max_message_bytes,
         signer=signer,
         policy=settings.channel_policy,

@@ -7,7 +7,10 @@ a call that reached a replica as it died is sent again, to another replica.
 a dns:/// name or a list such as "ipv4:10.0.0.1:50052,10.0.0.2:50052".
 Keepalive pings find connections to replicas that vanished without closing them.
 With ChannelPolicy.tls set, every channel speaks TLS (mTLS with a client certificate).
-Every call is signed for the service it goes to (services/common/internal_auth.py).
+Every call is signed for the service it goes to (services/common/internal_auth.py)
+and carries the trace context, so the service's spans join the caller's trace;
+both are added as metadata by the channel itself, not by client interceptors,
+which cost a task and a call object per call (services/common/call_metadata.py).
 
 A dependency's failure reaches the caller as a status naming the dependency:
 with its message when one of our services wrote it (written for callers), and
@@ -20,22 +23,22 @@ renamed to the gateway request's, and the retry hint (gateway/error_details.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from opentelemetry.sdk.trace import TracerProvider
 
 from gateway.error_details import GATEWAY_MADE, CallerDetails, FieldOrigins, caller_details
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
 from services.common import errors
+from services.common.call_metadata import Metadata, MetadataChannel, with_trace_context
 from services.common.channel_config import LbPolicy, service_config
 from services.common.errors_interceptor import STATUS_DETAILS_KEY
-from services.common.internal_auth import TokenSigner, signing_interceptors
+from services.common.internal_auth import TokenSigner, signed_metadata
 from services.common.registry import EMBEDDER, GENERATOR, RETRIEVER, Service
 from services.common.telemetry import current_trace_id
 from services.common.tls import ClientTls
@@ -75,13 +78,7 @@ _PASSED_THROUGH: dict[grpc.StatusCode, type[errors.ServiceError]] = {
 }
 
 
-def open_channel(
-    target: str,
-    tracer_provider: TracerProvider,
-    max_message_bytes: int,
-    policy: ChannelPolicy,
-    signing: Sequence[grpc.aio.ClientInterceptor],
-) -> grpc.aio.Channel:
+def open_channel(target: str, max_message_bytes: int, policy: ChannelPolicy) -> grpc.aio.Channel:
     options = [
         ("grpc.service_config", service_config(policy.lb_policy)),
         ("grpc.enable_retries", 1),
@@ -99,19 +96,24 @@ def open_channel(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]
-    interceptors = [
-        *aio_client_interceptors(tracer_provider=tracer_provider),  # type: ignore[no-untyped-call]
-        *signing,
-    ]
     if policy.tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options)
     # Reads the PEM files now, at start-up: a bad path fails it with the setting's name.
     return grpc.aio.secure_channel(
-        target,
-        policy.tls.credentials(),
-        options=[*options, *policy.tls.channel_options()],
-        interceptors=interceptors,
+        target, policy.tls.credentials(), options=[*options, *policy.tls.channel_options()]
     )
+
+
+def signing_channel(channel: grpc.aio.Channel, signer: TokenSigner, audience: str) -> grpc.aio.Channel:
+    """`channel` with every call signed for `audience` and carrying the trace context.
+
+    Typed as the channel it wraps: the generated stubs take it as one.
+    """
+
+    def add(method: str, timeout: float | None, metadata: Metadata | None) -> Metadata:
+        return with_trace_context(signed_metadata(signer, audience, timeout, metadata))
+
+    return cast(grpc.aio.Channel, MetadataChannel(channel, add))
 
 
 @contextmanager
@@ -171,14 +173,16 @@ class Upstreams:
         embedder_target: str,
         retriever_target: str,
         generator_target: str,
-        tracer_provider: TracerProvider,
         max_message_bytes: int,
         signer: TokenSigner,
         policy: ChannelPolicy = DEFAULT_POLICY,
     ) -> Upstreams:
+        channels: list[grpc.aio.Channel] = []
+
         def channel(service: Service, target: str) -> grpc.aio.Channel:
-            signing = signing_interceptors(signer, service.name)
-            return open_channel(target, tracer_provider, max_message_bytes, policy, signing)
+            opened = open_channel(target, max_message_bytes, policy)
+            channels.append(opened)
+            return signing_channel(opened, signer, service.name)
 
         embedder = channel(EMBEDDER, embedder_target)
         embedder_streams = channel(EMBEDDER, embedder_target)
@@ -189,7 +193,7 @@ class Upstreams:
             embedder_streams=embedder_pb2_grpc.EmbedderServiceStub(embedder_streams),
             retriever=retriever_pb2_grpc.RetrieverServiceStub(retriever),
             generator=generator_pb2_grpc.GeneratorServiceStub(generator),
-            channels=[embedder, embedder_streams, retriever, generator],
+            channels=channels,
         )
 
     async def close(self) -> None:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from rag_cli.stack import Stack
+from services.common.call_observer import final_status
 from services.common.metrics import namespace_of
-from services.common.metrics_interceptor import final_status
 from services.common.telemetry import exporter_names, otlp_protocol
 
 

@@ -17,6 +17,7 @@ RRF_K: float = _RETRIEVER["default_rrf_k"].default
 DENSE_WEIGHT: float = _RETRIEVER["default_dense_weight"].default
 KEYWORD_WEIGHT: float = _RETRIEVER["default_keyword_weight"].default
 CANDIDATE_DEPTH: int = _RETRIEVER["default_candidate_depth"].default
+POOL_MAX_SIZE: int = _RETRIEVER["pool_max_size"].default
 
 # The gateway leaves chunking to the embedder's defaults.
 _EMBEDDER = EmbedderSettings.model_fields

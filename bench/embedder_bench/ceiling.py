@@ -10,8 +10,8 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
+from benchkit.cpu import BENCH, CpuMeter, Tally
 from benchkit.output import log
-from embedder_bench.cpu import BENCH, CpuMeter, Tally
 from embedder_bench.settings import Settings
 from services.embedder.model import EmbeddingModel
 

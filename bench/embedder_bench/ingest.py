@@ -11,10 +11,10 @@ import grpc
 import psutil
 
 from benchkit import rpc
+from benchkit.cpu import BENCH, CpuMeter, Tally
 from benchkit.output import log
 from benchkit.stack import running_stack
 from embedder_bench.ceiling import Reference
-from embedder_bench.cpu import BENCH, CpuMeter, Tally
 from embedder_bench.service import channel
 from embedder_bench.settings import SERVICE_ENV
 from embedder_bench.texts import Texts

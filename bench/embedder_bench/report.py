@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import onnxruntime
 import torch
 
+from benchkit.cpu import Cores, Tally
 from benchkit.defaults import CHUNK_OVERLAP, CHUNK_TOKENS
 from benchkit.machine import load_average
 from benchkit.output import verdict
 from embedder_bench.ceiling import BATCH_SIZES, Ceiling, Reference
-from embedder_bench.cpu import Cores, Tally
 from embedder_bench.ingest import DOCUMENTS_PER_CALL, INGEST_CALLERS, Ingested
 from embedder_bench.service import STREAM_BATCH, Service
 from embedder_bench.texts import Texts

@@ -12,10 +12,10 @@ from pathlib import Path
 import grpc
 import psutil
 
+from benchkit.cpu import BENCH, CpuMeter, Tally
 from benchkit.output import log
 from benchkit.stack import running_service
 from embedder_bench.ceiling import Reference, onnx_encode, timed_ms
-from embedder_bench.cpu import BENCH, CpuMeter, Tally
 from embedder_bench.settings import SERVICE_ENV, Settings
 from embedder_bench.texts import ShortTexts, Texts
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc

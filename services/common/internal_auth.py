@@ -245,6 +245,18 @@ def _refusing(handler: Handler, error: Unauthenticated, method: str) -> Handler:
     return refusing_unread(handler, error, log_why)
 
 
+def signed_metadata(
+    signer: TokenSigner, audience: str, timeout: float | None, metadata: MetadataPairs | None
+) -> tuple[tuple[str, str | bytes], ...]:
+    """A call's metadata with its token for `audience`, living as long as the call's timeout (capped).
+
+    A call made for a tenant names it with Tenant.metadata(); its entries move
+    into the token's namespaces claim, so the tenant never travels unsigned.
+    """
+    kept, namespaces = namespaces_to_sign(metadata)
+    return (*kept, *signer.metadata(audience, lifetime_s=timeout, namespaces=namespaces))
+
+
 class _Signing:
     """Signs every call of a channel for the service at its other end (the gateway's channels).
 
@@ -274,12 +286,11 @@ class _Signing:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
     def _signed(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        kept, namespaces = namespaces_to_sign(details.metadata)
-        token = self._signer.metadata(self._audience, lifetime_s=details.timeout, namespaces=namespaces)
+        metadata = signed_metadata(self._signer, self._audience, details.timeout, details.metadata)
         return grpc.aio.ClientCallDetails(
             details.method,
             details.timeout,
-            grpc.aio.Metadata(*kept, *token),
+            grpc.aio.Metadata(*metadata),
             details.credentials,
             details.wait_for_ready,
         )

@@ -20,12 +20,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
+from opentelemetry.instrumentation.grpc import filters
 from opentelemetry.sdk.trace import TracerProvider
 
+from services.common.call_observer import CallObserver
 from services.common.errors_interceptor import ErrorInterceptor
 from services.common.metrics import namespace_of, setup_metrics
-from services.common.metrics_interceptor import MetricsInterceptor
 from services.common.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,8 @@ async def serve(settings: ServerSettings, binding: ServiceBinding, tracer_provid
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         interceptors=[
-            aio_server_interceptor(  # type: ignore[no-untyped-call]
-                tracer_provider=tracer_provider, filter_=untraced_calls()
-            ),
             # Outside ErrorInterceptor: it sees the status an exception was turned into.
-            MetricsInterceptor(namespace_of(binding.service_names[0]), untraced_calls()),
+            CallObserver(namespace_of(binding.service_names[0]), untraced_calls(), tracer_provider),
             ErrorInterceptor(),
             *binding.interceptors,
         ],

@@ -30,6 +30,10 @@ class EmbedderSettings(ServerSettings):
     onnx_min_cosine: float = Field(0.999, gt=0, le=1)
     # Threads inside one model call; 0 lets the engine use every core.
     intra_op_threads: int = Field(0, ge=0, le=256)
+    # Let ONNX Runtime's threads spin-wait between calls: a little lower latency on a
+    # node of its own, cores taken from everything else on a shared one
+    # (services/common/onnx_options.py).
+    onnx_spin_wait: bool = False
 
     # Dynamic batching: concurrent requests share model batches, bounded by
     # texts and by padded tokens (texts x longest text), since long texts are

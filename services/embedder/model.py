@@ -55,6 +55,7 @@ class EmbeddingModel:
                 tokenizer,
                 cache_dir=settings.onnx_cache_dir,
                 intra_op_threads=settings.intra_op_threads,
+                spin_wait=settings.onnx_spin_wait,
                 min_cosine=settings.onnx_min_cosine,
             )
         else:

@@ -24,6 +24,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from services.common.onnx_options import session_options
 from services.embedder.tokens import TextTokenizer, TokenizedText, normalize, pad
 from services.embedder.torch_encoder import TorchEncoder
 
@@ -125,6 +126,7 @@ def load(
     cache_dir: Path,
     intra_op_threads: int,
     min_cosine: float,
+    spin_wait: bool = False,
 ) -> OnnxEncoder:
     """The ONNX engine for `model`, exported on first use and checked against torch every time."""
     path = cache_dir / f"{weights_fingerprint(model)}.onnx"
@@ -133,8 +135,7 @@ def load(
     else:
         log.info("exporting the model to ONNX at %s (once per set of weights)", path)
         export(model, tokenizer, path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
+    options = session_options(intra_op_threads=intra_op_threads, spin_wait=spin_wait)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     encoder = OnnxEncoder(session, _pooling_mode(model))
 

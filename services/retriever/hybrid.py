@@ -85,9 +85,18 @@ def require_a_weighted_leg(dense_weight: float, keyword_weight: float, prefix: s
 # that pass the filter (or has visited hnsw.max_scan_tuples, 20,000 by
 # default), instead of stopping after ef_search candidates. The rows may come
 # slightly out of order, so the ranks are taken from a sort of the rows found.
+# Every pooled connection starts with these settings for the store's default
+# ef_search (dense_search_settings); a search that asks for another ef_search
+# sets it for its own transaction.
 DENSE_SEARCH_SETTINGS_SQL = """
 SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', 'relaxed_order', true)
 """
+
+
+def dense_search_settings(ef_search: int) -> dict[str, str]:
+    """The dense leg's settings as session settings, for a connection whose searches use `ef_search`."""
+    return {"hnsw.ef_search": str(ef_search), "hnsw.iterative_scan": "relaxed_order"}
+
 
 # ORDER BY must be the distance alone for the HNSW index to serve it.
 _DENSE_LEG_SQL = """
@@ -142,6 +151,30 @@ def dense_leg_sql(query: SearchQuery) -> tuple[str, list[object]]:
     params: list[object] = [query.namespace, query.embedding, query.depth]
     filter_sql = "" if query.filter is None else " AND " + compile_filter(query.filter, params, "c.metadata")
     return _DENSE_LEG_SQL.format(filter=filter_sql), params
+
+
+def dense_hits_sql(query: SearchQuery) -> tuple[str, list[object]]:
+    """A dense search in one statement: the namespace's index version, and the dense leg's
+    chunks with their fields (one row with only the version when none is found).
+
+    One statement reads one snapshot, so a dense search needs no transaction
+    of its own, and takes one round trip to the database instead of five.
+    """
+    leg, params = dense_leg_sql(query)
+    return (
+        f"""
+WITH nearest AS MATERIALIZED ({leg})
+SELECT v.version, h.*
+FROM (SELECT (SELECT version FROM rag_keyword_stats WHERE namespace = $1) AS version) v
+LEFT JOIN (
+    SELECT n.id, n.distance, c.document_id, c.chunk_index, c.text, c.pages, c.metadata, d.title
+    FROM nearest n
+    JOIN rag_chunks c ON c.namespace = $1 AND c.id = n.id
+    JOIN rag_documents d ON d.namespace = c.namespace AND d.document_id = c.document_id
+) h ON true
+""",
+        params,
+    )
 
 
 def dense_ranking(rows: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:

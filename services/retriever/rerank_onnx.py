@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from transformers import AutoConfig, AutoTokenizer
 
+from services.common.onnx_options import session_options
 from services.retriever.rerank import DEFAULT_BATCH_SIZE, Pair, score_in_batches
 from services.retriever.rerank_folder import (
     DEFAULT_ONNX_FILE,
@@ -104,8 +105,7 @@ def load_onnx_cross_encoder(
 
 
 def open_session(path: Path, *, intra_op_threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
+    options = session_options(intra_op_threads=intra_op_threads)
     # One call at a time (the reranker's single worker): threads between
     # operators would only compete with those inside them.
     options.inter_op_num_threads = 1

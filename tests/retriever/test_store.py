@@ -15,7 +15,7 @@ import pytest
 from services.common.errors import InvalidArgument, Unavailable
 from services.common.limits import EMPTY_DELETE, MAX_METADATA_BYTES
 from services.retriever.filters import AnyOf, FieldEquals, NumberRange
-from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, dense_leg_sql
+from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, dense_hits_sql, dense_leg_sql
 from services.retriever.limits import DEFAULT_EF_SEARCH
 from services.retriever.schema import MIGRATIONS, migrate
 from services.retriever.store import ChunkStore
@@ -592,6 +592,43 @@ async def test_the_dense_leg_uses_the_hnsw_index(hnsw_store: Any, mode: SearchMo
     sql, params = dense_leg_sql(query)
     plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
     assert "Index Scan using rag_chunks_embedding_hnsw" in plan
+
+
+async def test_a_dense_search_in_one_statement_uses_the_hnsw_index(hnsw_store: Any) -> None:
+    _, vectors, conn = hnsw_store
+    query = SearchQuery(
+        "hnsw", SearchMode.DENSE, 10, str(vectors[0].tolist()), None, None, Fusion(), DEFAULT_EF_SEARCH
+    )
+    sql, params = dense_hits_sql(query)
+    plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + sql, *params))
+    assert "Index Scan using rag_chunks_embedding_hnsw" in plan
+
+
+async def test_a_search_at_the_default_ef_search_runs_with_the_sessions_settings(hnsw_store: Any) -> None:
+    chunk_store, _, _ = hnsw_store
+    query = np.random.default_rng(99).standard_normal(16).astype(np.float32)
+
+    # Nothing is set per search: the pool's connections start with the iterative scan on
+    # (hybrid.dense_search_settings). Without it, ef_search 100 over a 5% filter finds about 5.
+    hits = await chunk_store.search_dense("hnsw", query, 10, filter=FieldEquals("bucket", 7))
+    assert len(hits) == 10
+    assert all(h.metadata == {"bucket": 7} for h in hits)
+    asked = await chunk_store.search_dense(
+        "hnsw", query, 10, filter=FieldEquals("bucket", 7), ef_search=DEFAULT_EF_SEARCH + 1
+    )
+    assert [h.document_id for h in hits] == [h.document_id for h in asked]
+
+
+async def test_a_dense_search_finding_nothing_still_reads_the_index_version(hnsw_store: Any) -> None:
+    chunk_store, _, _ = hnsw_store
+    written = await chunk_store.index_version("hnsw")
+
+    searched = await chunk_store.search_at(
+        "hnsw", 10, mode=SearchMode.DENSE, embedding=np.ones(16, np.float32), filter=FieldEquals("bucket", 99)
+    )
+
+    assert searched.hits == []
+    assert searched.index_version == written > 0
 
 
 async def test_the_keyword_leg_reads_block_headers_from_the_index_alone(hnsw_store: Any) -> None:

@@ -23,7 +23,7 @@ from services.common.timing import StageTimer
 from services.common.validation import require_namespace
 from services.retriever import keyword_index
 from services.retriever.filters import Filter
-from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, require_fusion
+from services.retriever.hybrid import Fusion, SearchMode, SearchQuery, dense_search_settings, require_fusion
 from services.retriever.keyword import Bm25
 from services.retriever.keyword_index import MaintenanceRound
 from services.retriever.limits import (
@@ -85,7 +85,9 @@ class ChunkStore:
     statement timeout as DeadlineExceeded (see connection.py).
 
     The store owns `pool` and closes it in `close()`. Use `connect()` to build
-    one: it migrates the schema and registers the codecs the store relies on.
+    one: it migrates the schema, registers the codecs the store relies on and
+    starts every connection with the dense leg's settings for `default_ef_search`
+    (hybrid.dense_search_settings), which a search at the default relies on.
     `text_search_config` must be the one the schema was migrated with.
     """
 
@@ -175,6 +177,9 @@ class ChunkStore:
             )
         finally:
             await conn.close()
+        # Every search connection starts with the dense leg's settings for the default ef_search,
+        # so a search at the default sets nothing.
+        settings = {**settings, **dense_search_settings(default_ef_search)}
         pool = await create_pool(
             dsn,
             settings,
@@ -362,7 +367,14 @@ class ChunkStore:
     ) -> Searched | None:
         async with acquire(pool, self._acquire_timeout_s) as conn, self._spare(pool, query) as spare:
             return await reads.search(
-                conn, query, self._text_search_config, self._bm25, timer, min_index_version, spare
+                conn,
+                query,
+                self._text_search_config,
+                self._bm25,
+                timer,
+                min_index_version,
+                spare,
+                session_ef_search=self._default_ef_search,
             )
 
     @asynccontextmanager

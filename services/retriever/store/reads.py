@@ -20,6 +20,7 @@ from services.retriever.hybrid import (
     Ranked,
     SearchMode,
     SearchQuery,
+    dense_hits_sql,
     dense_leg_sql,
     dense_ranking,
     fuse,
@@ -82,14 +83,20 @@ async def search(
     timer: StageTimer,
     min_index_version: int | None = None,
     spare: asyncpg.Connection | None = None,
+    session_ef_search: int | None = None,
 ) -> Searched | None:
     """The query's hits, best first: each leg, then fusion and the hits' fields, each a stage of `timer`.
 
-    One REPEATABLE READ snapshot for everything, so the keyword leg's
-    statistics and blocks agree, a chunk a leg found is still there when its
-    fields are fetched, and the index version returned is the one of the data
-    searched. None, before any leg runs, when that version is below
-    `min_index_version` (a replica behind a write the caller has seen).
+    One snapshot for everything, so the keyword leg's statistics and blocks
+    agree, a chunk a leg found is still there when its fields are fetched, and
+    the index version returned is the one of the data searched. None when that
+    version is below `min_index_version` (a replica behind a write the caller
+    has seen).
+
+    A dense search at the ef_search the connection's session already has
+    (`session_ef_search`, see hybrid.dense_search_settings) is one statement,
+    its own snapshot. Any other search runs in a REPEATABLE READ transaction,
+    and stops before any leg runs when the version is too old.
 
     With a `spare` connection a hybrid search runs its two legs at once, the
     dense one on the spare in a transaction that imports this one's snapshot
@@ -97,11 +104,13 @@ async def search(
     server processes busy. The HNSW settings are transaction-local: they end
     with the search.
     """
+    if query.mode is SearchMode.DENSE and query.ef_search == session_ef_search:
+        return await _dense_search(conn, query, timer, min_index_version)
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         version = await index_version(conn, query.namespace)
         if min_index_version is not None and version < min_index_version:
             return None
-        legs = _Legs(query, text_search_config, bm25, timer)
+        legs = _Legs(query, text_search_config, bm25, timer, session_ef_search)
         if query.mode is SearchMode.HYBRID and spare is not None:
             snapshot = await conn.fetchval("SELECT pg_export_snapshot()")
             if not _SNAPSHOT_ID.fullmatch(snapshot):
@@ -119,6 +128,23 @@ async def search(
     return Searched([_hit(fields[r.chunk_id], r) for r in ranked], version)
 
 
+async def _dense_search(
+    conn: asyncpg.Connection, query: SearchQuery, timer: StageTimer, min_index_version: int | None
+) -> Searched | None:
+    mode = {"search.mode": query.mode.value}
+    with timer.stage("dense", mode):
+        sql, params = dense_hits_sql(query)
+        rows = await conn.fetch(sql, *params)
+    version = 0 if rows[0]["version"] is None else int(rows[0]["version"])
+    if min_index_version is not None and version < min_index_version:
+        return None
+    with timer.stage("fusion", mode):
+        found = [row for row in rows if row["id"] is not None]
+        ranked = fuse(query, dense_ranking([(row["id"], row["distance"]) for row in found]), [])
+    fields = {row["id"]: row for row in found}
+    return Searched([_hit(fields[r.chunk_id], r) for r in ranked], version)
+
+
 # What pg_export_snapshot returns: hex fields joined by dashes. Checked before
 # it is written into SET TRANSACTION SNAPSHOT, which takes no parameters.
 _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
@@ -127,8 +153,16 @@ _SNAPSHOT_ID = re.compile(r"[0-9A-F]+(-[0-9A-F]+)+")
 class _Legs:
     """The two legs of one search, each timed as its own stage, on whichever connection is given."""
 
-    def __init__(self, query: SearchQuery, text_search_config: str, bm25: Bm25, timer: StageTimer) -> None:
+    def __init__(
+        self,
+        query: SearchQuery,
+        text_search_config: str,
+        bm25: Bm25,
+        timer: StageTimer,
+        session_ef_search: int | None,
+    ) -> None:
         self._query = query
+        self._session_ef_search = session_ef_search
         self._text_search_config = text_search_config
         self._bm25 = bm25
         self._timer = timer
@@ -136,7 +170,8 @@ class _Legs:
 
     async def dense(self, conn: asyncpg.Connection) -> list[tuple[int, float]]:
         with self._timer.stage("dense", self._mode):
-            await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(self._query.ef_search))
+            if self._query.ef_search != self._session_ef_search:
+                await conn.execute(DENSE_SEARCH_SETTINGS_SQL, str(self._query.ef_search))
             sql, params = dense_leg_sql(self._query)
             nearest = await conn.fetch(sql, *params)
         return dense_ranking([(row["id"], row["distance"]) for row in nearest])
