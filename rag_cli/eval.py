@@ -113,16 +113,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     command.add_argument(
         "--top-k",
-        type=_int_in(1, MAX_TOP_K),
+        type=int_in(1, MAX_TOP_K),
         default=MAX_TOP_K,
         metavar="K",
         help="chunks retrieved per query (default: %(default)s, the most a search returns)",
     )
     command.add_argument(
-        "--limit", type=_int_in(1, None), metavar="N", help="run only the first N judged queries"
+        "--limit", type=int_in(1, None), metavar="N", help="run only the first N judged queries"
     )
     command.add_argument(
-        "--batch-size", type=_int_in(1, 256), default=64, metavar="N", help="documents per request"
+        "--batch-size", type=int_in(1, 256), default=64, metavar="N", help="documents per request"
     )
     command.add_argument(
         "--query-ids",
@@ -138,14 +138,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     command.add_argument(
         "--rerank-top-n",
-        type=_int_in(1, MAX_TOP_K),
+        type=int_in(1, MAX_TOP_K),
         metavar="N",
         help="with --rerank: candidates the reranker reorders (default: the retriever's)",
     )
     command.set_defaults(run=run)
 
 
-def _int_in(low: int, high: int | None) -> Callable[[str], int]:
+def int_in(low: int, high: int | None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)

@@ -16,6 +16,7 @@ from rag.gateway.v1 import gateway_pb2
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import bulk, consistency, documents, feedback, keys, render
 from rag_cli import eval as evaluation
+from rag_cli.answers import command as answers_command
 from rag_cli.client import async_gateway_client, gateway_client
 from rag_cli.reranker import command as reranker_command
 from rag_cli.settings import CliSettings
@@ -278,6 +279,7 @@ def _parser(settings: CliSettings) -> argparse.ArgumentParser:
     command.set_defaults(run=delete)
 
     evaluation.register(commands)
+    answers_command.register(commands)
     feedback.register(commands)
     reranker_command.register(commands)
     keys.register(commands, settings.api_keys_file)
