@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from services.common.limits import MAX_HISTORY_TURNS
 from services.common.registry import GENERATOR
 from services.common.settings import ServerSettings
+from services.generator.backends.extractive import DEFAULT_MAX_UNMENTIONED, DEFAULT_MIN_OVERLAP
 from services.generator.context import (
     DEFAULT_DEDUP_THRESHOLD,
     DEFAULT_HISTORY_MAX_TURNS,
@@ -35,8 +36,13 @@ class GeneratorSettings(ServerSettings):
     # The openai client retries 429, 5xx and connection errors with backoff, never other 4xx.
     openai_max_retries: int = Field(2, ge=0, le=10)
     default_max_tokens: int = Field(512, ge=1)
-    # Extractive backend: least share of the question's terms a sentence must hold.
-    extractive_min_overlap: float = Field(0.4, gt=0, le=1)
+    # Extractive backend: least share of the question's terms a sentence must hold to
+    # answer; below it the answer is "cannot answer". The default was chosen on SciFact
+    # (services/generator/backends/extractive.py, bench/extractive_calibration.py).
+    extractive_min_overlap: float = Field(DEFAULT_MIN_OVERLAP, gt=0, le=1)
+    # Extractive backend: most of the question's weight that may be in terms no source
+    # mentions; beyond it the sources are about something else and it cannot answer.
+    extractive_max_unmentioned: float = Field(DEFAULT_MAX_UNMENTIONED, ge=0, le=1)
 
     # Context assembly (services/generator/context.py). The LLM's context window in
     # tokens: prompt and answer (max_tokens) together. Unused by the extractive backend.

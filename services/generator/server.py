@@ -19,7 +19,9 @@ SERVICE_NAME = generator_pb2.DESCRIPTOR.services_by_name["GeneratorService"].ful
 
 def build_backend(settings: GeneratorSettings) -> AnswerBackend:
     if settings.backend == "extractive":
-        return ExtractiveBackend(min_overlap=settings.extractive_min_overlap)
+        return ExtractiveBackend(
+            min_overlap=settings.extractive_min_overlap, max_unmentioned=settings.extractive_max_unmentioned
+        )
     import openai
 
     from services.generator.backends.openai_compat import OpenAICompatibleBackend

@@ -4,6 +4,7 @@ import pytest
 
 from services.generator.backends.base import AnswerBackend
 from services.generator.backends.extractive import (
+    DEFAULT_MAX_UNMENTIONED,
     DEFAULT_MIN_OVERLAP,
     ExtractiveBackend,
     content_terms,
@@ -84,8 +85,15 @@ async def ask(
     *,
     min_overlap: float = DEFAULT_MIN_OVERLAP,
     max_sentences: int = 3,
+    max_documents: int = 1,
+    max_unmentioned: float = DEFAULT_MAX_UNMENTIONED,
 ) -> Answer:
-    backend = ExtractiveBackend(min_overlap=min_overlap, max_sentences=max_sentences)
+    backend = ExtractiveBackend(
+        min_overlap=min_overlap,
+        max_sentences=max_sentences,
+        max_documents=max_documents,
+        max_unmentioned=max_unmentioned,
+    )
     return await backend.answer(question, sources, [], GenerationOptions())
 
 
@@ -147,6 +155,25 @@ async def test_questions_the_sources_do_not_answer_get_the_no_answer_sentence(qu
     assert answer.citations == []
 
 
+async def test_a_question_mostly_about_what_no_source_mentions_gets_no_answer() -> None:
+    # "days" and "employees" are there; "vacation" and "year", most of the question, are not.
+    sources = make_sources(
+        ("Expenses", "Employees must submit expenses within 30 days. Receipts are required above 25 EUR.")
+    )
+
+    answer = await ask("How many vacation days do employees get per year?", sources=sources)
+
+    assert not answer.answered
+    assert answer.text == NO_ANSWER_SENTENCE
+
+
+async def test_a_sentence_holding_one_of_the_questions_terms_does_not_answer_it() -> None:
+    sources = make_sources(("Onboarding", "Take the security training in your first week."))
+
+    assert not (await ask("How many sick days can I take?", sources=sources, max_unmentioned=1.0)).answered
+    assert (await ask("When do I take the security training?", sources=sources)).answered
+
+
 async def test_no_sources_means_no_answer() -> None:
     answer = await ask("How often are PostgreSQL backups taken?", sources=[])
 
@@ -164,7 +191,7 @@ async def test_code_fences_and_headings_are_never_quoted() -> None:
     assert "runbook" not in answer.text
 
 
-async def test_cites_several_sources_in_order_of_first_appearance() -> None:
+async def test_quotes_one_source_by_default_the_better_ranked_of_two_alike() -> None:
     sources = make_sources(
         ("Kubernetes", KUBERNETES_ONCALL),
         ("Old policy", "Backups were retained for 7 days until 2023."),
@@ -172,6 +199,30 @@ async def test_cites_several_sources_in_order_of_first_appearance() -> None:
     )
 
     answer = await ask("How long are backups retained?", sources=sources)
+
+    assert answer.text == "Backups were retained for 7 days until 2023 [2]."
+    assert [c.source_number for c in answer.citations] == [2]
+
+
+async def test_a_much_better_sentence_wins_over_a_better_ranked_source() -> None:
+    sources = make_sources(
+        ("Old policy", "Backups were kept once."),
+        ("Postgres", "PostgreSQL backups are retained for 30 days."),
+    )
+
+    answer = await ask("How long are PostgreSQL backups retained?", sources=sources)
+
+    assert [c.source_number for c in answer.citations] == [2]
+
+
+async def test_cites_several_sources_in_order_of_first_appearance() -> None:
+    sources = make_sources(
+        ("Kubernetes", KUBERNETES_ONCALL),
+        ("Old policy", "Backups were retained for 7 days until 2023."),
+        ("Postgres", POSTGRES_RUNBOOK),
+    )
+
+    answer = await ask("How long are backups retained?", sources=sources, max_documents=2)
 
     assert (
         answer.text
@@ -249,6 +300,10 @@ def test_rejects_bad_settings() -> None:
         ExtractiveBackend(min_overlap=0)
     with pytest.raises(ValueError, match="max_sentences"):
         ExtractiveBackend(max_sentences=0)
+    with pytest.raises(ValueError, match="max_documents"):
+        ExtractiveBackend(max_documents=0)
+    with pytest.raises(ValueError, match="max_unmentioned"):
+        ExtractiveBackend(max_unmentioned=1.5)
 
 
 @pytest.mark.parametrize(
