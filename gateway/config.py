@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from gateway.auth import require_keys_unless_local
+from gateway.semantic_cache import MIN_SIMILARITY_RANGE
 from gateway.upstream import ChannelPolicy
 from services.common.channel_config import LbPolicy
 from services.common.limits import MAX_METADATA_BYTES, MAX_QUESTION_CHARS, MAX_TOP_K
@@ -88,6 +89,16 @@ class GatewaySettings(ServerSettings):
     # key holds the namespace's index version.
     answer_cache_size: int = Field(1000, ge=0)
     answer_cache_ttl_s: float = Field(3600.0, gt=0)
+    # Set (a cosine similarity in (0, 1]), a question that misses the answer
+    # cache may take the cached answer of another question asked with the
+    # same settings whose embedding is at least this similar, unless the two
+    # differ in negations, words of direction or numbers
+    # (gateway/semantic_cache.py). Off by default, as measured: on SciFact's
+    # train claims (bench/semantic_cache.py) no threshold from 0.80 to 0.99
+    # served only right answers, even with that guard (22 wrong of 80 hits at
+    # 0.80, 5 of 33 at 0.97, 1 of 15 at 0.99): antonyms outside its word lists
+    # ("enables" / "represses") are as similar as paraphrases.
+    semantic_cache_min_similarity: float | None = None
     # API keys (hashed, see gateway/keys.py and `rag keys`), re-read when the
     # file changes. Unset: authentication off, which the gateway allows only
     # on a loopback host unless allow_unauthenticated says otherwise.
@@ -102,6 +113,16 @@ class GatewaySettings(ServerSettings):
     # The name to check the services' certificates against instead of each
     # target's host, e.g. for "ipv4:10.0.0.1:50051,..." lists or a shared certificate.
     upstream_tls_server_name: str | None = None
+
+    @field_validator("semantic_cache_min_similarity")
+    @classmethod
+    def _a_cosine_similarity(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(
+                f"{cls.variable('semantic_cache_min_similarity')} must be {MIN_SIMILARITY_RANGE}"
+                f" (a cosine similarity), got {value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _authentication_on_unless_local(self) -> Self:

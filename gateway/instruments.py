@@ -6,6 +6,7 @@ Ingestion throughput is rate() of the two ingest counters in PromQL.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from opentelemetry import metrics
 
@@ -55,12 +56,19 @@ def record_shed() -> None:
 answer_cache = _meter.create_counter(
     "rag.gateway.answer_cache.lookups",
     unit="{lookup}",
-    description="Answer cache lookups, by result: hit or miss.",
+    description="Answer cache lookups, by result: hit or miss; hits by kind: exact or semantic.",
 )
 
+# How a cached answer was found: by its exact key, or by a similar question's embedding.
+CacheHitKind = Literal["exact", "semantic"]
 
-def record_answer_cache(*, hit: bool) -> None:
-    answer_cache.add(1, {"result": "hit" if hit else "miss"})
+
+def record_answer_cache(hit_kind: CacheHitKind | None) -> None:
+    """One lookup; hit_kind None for a miss."""
+    if hit_kind is None:
+        answer_cache.add(1, {"result": "miss"})
+    else:
+        answer_cache.add(1, {"result": "hit", "kind": hit_kind})
 
 
 def record_answer(response: gateway_pb2.AskResponse) -> None:

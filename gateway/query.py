@@ -1,9 +1,10 @@
 """The query side: Search, Ask and AskStream, and how their answers are put together.
 
 Search: embed the query (unless keyword-only), then retrieve. Ask: look the
-question up in the answer cache, else search and generate. AskStream: the
-same, the answer sent as it is written: the sources first, then the answer's
-deltas, then the final answer with its citations.
+question up in the answer cache, else embed it, look its embedding up in the
+semantic cache when that is on, else search with that embedding and generate.
+AskStream: the same, the answer sent as it is written: the sources first, then
+the answer's deltas, then the final answer with its citations.
 
 Every downstream call gets the time left of the caller's deadline; every
 retriever call carries the call's tenant, which the channel signs into the
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from gateway import error_details, instruments
-from gateway.answer_cache import AnswerCache, cache_key
+from gateway.answer_cache import AnswerCache, cache_key, settings_key
 from gateway.concurrency import Deadline
 from gateway.upstream import Upstreams, calling
 from rag.common.v1 import common_pb2
@@ -52,21 +53,49 @@ class QueryPipeline:
         """The query's hits. `origins`: where the gateway request being served holds what this sends
         on (Search's by default), so that a field an inner service refuses is named as the caller's.
         `at_least_version`: an index version the search must see besides the caller's own token."""
-        vector: list[float] = []
-        if options.mode != common_pb2.SEARCH_MODE_KEYWORD:
-            with timer.stage("embed"), calling("embedder", origins.embed):
-                embedded = await self._up.embedder.Embed(
-                    # A question longer than the model reads is cut, not refused:
-                    # its beginning still finds the right chunks.
-                    embedder_pb2.EmbedRequest(
-                        texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY, truncate=True
-                    ),
-                    timeout=deadline.remaining(),
-                )
-            vector = list(embedded.embeddings[0].values)
+        embedding = await self.embed(query, options, timer, deadline, origins)
+        return await self.search_embedded(
+            tenant, query, embedding, top_k, options, timer, deadline, origins, at_least_version
+        )
+
+    async def embed(
+        self,
+        query: str,
+        options: gateway_pb2.RetrievalOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+        origins: error_details.QueryOrigins,
+    ) -> list[float]:
+        """The query's embedding; empty for a keyword-only search, which needs none."""
+        if options.mode == common_pb2.SEARCH_MODE_KEYWORD:
+            return []
+        with timer.stage("embed"), calling("embedder", origins.embed):
+            embedded = await self._up.embedder.Embed(
+                # A question longer than the model reads is cut, not refused:
+                # its beginning still finds the right chunks.
+                embedder_pb2.EmbedRequest(
+                    texts=[query], input_type=embedder_pb2.INPUT_TYPE_QUERY, truncate=True
+                ),
+                timeout=deadline.remaining(),
+            )
+        return list(embedded.embeddings[0].values)
+
+    async def search_embedded(
+        self,
+        tenant: Tenant,
+        query: str,
+        embedding: list[float],
+        top_k: int,
+        options: gateway_pb2.RetrievalOptions,
+        timer: StageTimer,
+        deadline: Deadline,
+        origins: error_details.QueryOrigins,
+        at_least_version: int | None,
+    ) -> retriever_pb2.SearchResponse:
+        """The hits of a query already embedded (`embed`)."""
         request = retriever_pb2.SearchRequest(
             namespace=tenant.namespace,
-            query_embedding=vector,
+            query_embedding=embedding,
             query_text=query,
             top_k=top_k,
             mode=options.mode,
@@ -108,18 +137,16 @@ class QueryPipeline:
         deadline: Deadline,
     ) -> gateway_pb2.AskResponse:
         origins = error_details.ASK
-        slot, cached = await self._cached_answer(request, tenant, timer, deadline, origins)
-        if cached is not None:
-            return cached
-        retrieved = await self.search(
-            tenant, request.question, top_k, request.retrieval, timer, deadline, origins, _version_of(slot)
-        )
+        lookup = await self._look_up(request, tenant, timer, deadline, origins)
+        if lookup.answer is not None:
+            return lookup.answer
+        retrieved = await self._search_for(request, lookup, tenant, top_k, timer, deadline, origins)
         with timer.stage("generate"), calling("generator", origins.generate):
             generated: generator_pb2.GenerateResponse = await self._up.generator.Generate(
                 generate_request(request, retrieved.hits), timeout=deadline.remaining()
             )
         response = answer_response(generated, retrieved.hits, timer)
-        self._remember(slot, retrieved.index_version, response)
+        self._remember(request, lookup, retrieved.index_version, response)
         return response
 
     async def ask_stream(
@@ -131,14 +158,12 @@ class QueryPipeline:
         deadline: Deadline,
     ) -> AsyncIterator[gateway_pb2.AskStreamResponse]:
         origins = error_details.ASK_STREAM
-        slot, cached = await self._cached_answer(request, tenant, timer, deadline, origins)
-        if cached is not None:
-            for replay in replayed(cached):
+        lookup = await self._look_up(request, tenant, timer, deadline, origins)
+        if lookup.answer is not None:
+            for replay in replayed(lookup.answer):
                 yield replay
             return
-        retrieved = await self.search(
-            tenant, request.question, top_k, request.retrieval, timer, deadline, origins, _version_of(slot)
-        )
+        retrieved = await self._search_for(request, lookup, tenant, top_k, timer, deadline, origins)
         yield gateway_pb2.AskStreamResponse(
             sources=gateway_pb2.SourcesEvent(sources=numbered_sources(retrieved.hits, cited=set()))
         )
@@ -167,10 +192,45 @@ class QueryPipeline:
         if first_token_at is not None:
             timer.record("time_to_first_token", (first_token_at - started) * 1000)
         response = answer_response(final, retrieved.hits, timer)
-        self._remember(slot, retrieved.index_version, response)
+        self._remember(request, lookup, retrieved.index_version, response)
         yield gateway_pb2.AskStreamResponse(final=response)
 
-    async def _cached_answer(
+    async def _look_up(
+        self,
+        request: gateway_pb2.AskRequest,
+        tenant: Tenant,
+        timer: StageTimer,
+        deadline: Deadline,
+        origins: error_details.QueryOrigins,
+    ) -> _Lookup:
+        """The cached answer; or, for a fresh one, where to cache it and the question's embedding.
+
+        The exact key is looked up first. On a miss the question is embedded, as
+        its search needs, and with the semantic cache on that embedding is looked
+        up among the questions asked with the same settings key before the search
+        runs with it.
+        """
+        slot, answer = await self._exact_answer(request, tenant, timer, deadline, origins)
+        kind: instruments.CacheHitKind | None = None if answer is None else "exact"
+        embedding: list[float] = []
+        if answer is None:
+            embedding = await self.embed(request.question, request.retrieval, timer, deadline, origins)
+        if answer is None and slot is not None and self._answers.semantic and embedding:
+            with timer.stage("semantic_cache") as span:
+                similar = self._answers.get_similar(slot.settings, request.question, embedding)
+                span.set_attribute("rag.gateway.cache_hit", similar is not None)
+                if similar is not None:
+                    answer, kind = similar.response, "semantic"
+                    span.set_attribute("rag.gateway.cache_hit_kind", kind)
+                    span.set_attribute("rag.gateway.cache_similarity", similar.similarity)
+        if slot is not None:
+            instruments.record_answer_cache(kind)
+        if answer is not None:
+            answer.cached = True
+            answer.timings.extend(timer.to_proto())
+        return _Lookup(slot, answer, embedding)
+
+    async def _exact_answer(
         self,
         request: gateway_pb2.AskRequest,
         tenant: Tenant,
@@ -192,17 +252,46 @@ class QueryPipeline:
                 timeout=deadline.remaining(),
                 metadata=tenant.metadata(),
             )
-            slot = _CacheSlot(cache_key(request, version.version), version.version)
+            slot = _CacheSlot(
+                cache_key(request, version.version), settings_key(request, version.version), version.version
+            )
             cached = self._answers.get(slot.key)
             span.set_attribute("rag.gateway.index_version", version.version)
             span.set_attribute("rag.gateway.cache_hit", cached is not None)
-        instruments.record_answer_cache(hit=cached is not None)
-        if cached is not None:
-            cached.cached = True
-            cached.timings.extend(timer.to_proto())
+            if cached is not None:
+                span.set_attribute("rag.gateway.cache_hit_kind", "exact")
         return slot, cached
 
-    def _remember(self, slot: _CacheSlot | None, searched_at: int, response: gateway_pb2.AskResponse) -> None:
+    async def _search_for(
+        self,
+        request: gateway_pb2.AskRequest,
+        lookup: _Lookup,
+        tenant: Tenant,
+        top_k: int,
+        timer: StageTimer,
+        deadline: Deadline,
+        origins: error_details.QueryOrigins,
+    ) -> retriever_pb2.SearchResponse:
+        """The question's hits, with the embedding the lookup made, at least at the version it read."""
+        return await self.search_embedded(
+            tenant,
+            request.question,
+            lookup.embedding,
+            top_k,
+            request.retrieval,
+            timer,
+            deadline,
+            origins,
+            _version_of(lookup.slot),
+        )
+
+    def _remember(
+        self,
+        request: gateway_pb2.AskRequest,
+        lookup: _Lookup,
+        searched_at: int,
+        response: gateway_pb2.AskResponse,
+    ) -> None:
         """Cache the answer under the version its search read, or not at all.
 
         The search was asked to read at least the slot's version, so with read
@@ -211,14 +300,28 @@ class QueryPipeline:
         version of the data it came from, so no answer is ever served for a
         version it was not computed at.
         """
+        slot = lookup.slot
         if slot is not None and searched_at == slot.version:
             self._answers.put(slot.key, response)
+            self._answers.put_similar(slot.settings, request.question, lookup.embedding, slot.key)
 
 
 @dataclass(frozen=True, slots=True)
 class _CacheSlot:
     key: bytes
+    # The key without the question: what a similar question's answer must share.
+    settings: bytes
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """What the answer cache gave: the answer, or where to cache a fresh one and the embedding for it."""
+
+    slot: _CacheSlot | None
+    answer: gateway_pb2.AskResponse | None
+    # Empty for a keyword-only search, and when the answer came from the exact key.
+    embedding: list[float]
 
 
 def _version_of(slot: _CacheSlot | None) -> int | None:

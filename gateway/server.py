@@ -35,7 +35,9 @@ async def run(settings: GatewaySettings, tracer_provider: TracerProvider) -> Non
         signer=signer,
         policy=settings.channel_policy,
     )
-    answers = AnswerCache(settings.answer_cache_size, settings.answer_cache_ttl_s)
+    answers = AnswerCache(
+        settings.answer_cache_size, settings.answer_cache_ttl_s, settings.semantic_cache_min_similarity
+    )
     servicer = GatewayServicer(
         QueryPipeline(upstreams, answers),
         IngestPipeline(upstreams, settings.embed_batch_size, settings.embed_stream_window),

@@ -1,8 +1,23 @@
-"""The answer cache: a repeated question is answered from it, until the namespace's documents change."""
+"""The answer cache: a repeated question is answered from it, until the namespace's documents change.
+
+With GATEWAY_SEMANTIC_CACHE_MIN_SIMILARITY set (a gateway of the tests' own), a
+paraphrase takes the cached answer too, and a negation never does.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from rag_cli.stack import Stack
+from services.common.registry import EMBEDDER, GATEWAY_UPSTREAMS, upstream_target_variable
+from tests.e2e.replicas import Replicas
+from tests.internal_calls import signed_channel
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 
@@ -125,3 +140,109 @@ def test_a_hit_is_marked_in_the_trace(
 
     (span,) = cache_spans(otlp_receiver.wait_for(cache_spans))
     assert span.attributes["rag.gateway.cache_hit"] is True
+
+
+# The semantic gateway's threshold; the questions below were chosen so that the
+# model puts both the paraphrase and the negation above it.
+MIN_SIMILARITY = 0.95
+QUESTION = "What is the office wifi password?"
+PARAPHRASE = "What's the password for the office wifi?"
+NEGATION = "What is not the office wifi password?"
+ANOTHER_PARAPHRASE = "Which password does the office wifi use?"
+
+
+@pytest.fixture(scope="module")
+def semantic_gateway(
+    stack: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[gateway_pb2_grpc.GatewayServiceStub]:
+    """A gateway with the semantic cache on, in front of the session's services."""
+    processes = Replicas(stack, tmp_path_factory.mktemp("semantic-cache"))
+    try:
+        targets = {upstream_target_variable(u): stack.target(u.name) for u in GATEWAY_UPSTREAMS}
+        processes.start(
+            ["gateway-semantic"], GATEWAY_SEMANTIC_CACHE_MIN_SIMILARITY=str(MIN_SIMILARITY), **targets
+        )
+        with grpc.insecure_channel(processes.target("gateway-semantic")) as channel:
+            yield gateway_pb2_grpc.GatewayServiceStub(channel)
+    finally:
+        processes.stop()
+
+
+def _similarity(stack: Stack, first: str, second: str) -> float:
+    """The cosine similarity of two questions' query embeddings, from the embedder the gateway uses."""
+    with signed_channel(stack, EMBEDDER) as channel:
+        embedded = embedder_pb2_grpc.EmbedderServiceStub(channel).Embed(
+            embedder_pb2.EmbedRequest(texts=[first, second], input_type=embedder_pb2.INPUT_TYPE_QUERY)
+        )
+    a, b = (np.array(e.values) for e in embedded.embeddings)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_a_paraphrase_takes_the_cached_answer_and_a_negation_does_not(
+    semantic_gateway: gateway_pb2_grpc.GatewayServiceStub, stack: Stack, namespace: str
+) -> None:
+    _ingest(semantic_gateway, namespace, OLD)
+
+    first = _ask(semantic_gateway, namespace, QUESTION)
+    paraphrased = _ask(semantic_gateway, namespace, PARAPHRASE)
+    negated = _ask(semantic_gateway, namespace, NEGATION)
+
+    assert _similarity(stack, QUESTION, PARAPHRASE) >= MIN_SIMILARITY
+    assert _similarity(stack, QUESTION, NEGATION) >= MIN_SIMILARITY, (
+        "the guard, not the threshold, refuses it"
+    )
+    assert not first.cached
+    assert paraphrased.cached, "a paraphrase above the threshold takes the cached answer"
+    assert paraphrased.answer == first.answer
+    assert [s.hit.text for s in paraphrased.sources] == [s.hit.text for s in first.sources]
+    assert not negated.cached, "a negated question never takes the answer of the question it negates"
+
+
+def test_a_semantic_hit_is_replayed_by_a_stream_until_the_namespace_changes(
+    semantic_gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str
+) -> None:
+    _ingest(semantic_gateway, namespace, OLD)
+    fresh = _ask(semantic_gateway, namespace, QUESTION)
+
+    events = list(
+        semantic_gateway.AskStream(
+            gateway_pb2.AskStreamRequest(
+                request=gateway_pb2.AskRequest(namespace=namespace, question=ANOTHER_PARAPHRASE)
+            )
+        )
+    )
+    _ingest(semantic_gateway, namespace, NEW)
+    after_change = _ask(semantic_gateway, namespace, PARAPHRASE)
+
+    assert [event.WhichOneof("event") for event in events] == ["sources", "delta", "final"]
+    assert events[1].delta.text == fresh.answer
+    assert events[2].final.cached
+    assert not after_change.cached, "the document changed: no similar question's old answer either"
+    assert "osprey-77" in after_change.answer
+
+
+def test_a_semantic_hit_is_marked_in_the_trace(
+    semantic_gateway: gateway_pb2_grpc.GatewayServiceStub, namespace: str, otlp_receiver: OtlpReceiver
+) -> None:
+    _ingest(semantic_gateway, namespace, OLD)
+    _ask(semantic_gateway, namespace, QUESTION)
+    trace_id = "ef" * 16
+    hit = semantic_gateway.Ask(
+        gateway_pb2.AskRequest(namespace=namespace, question=PARAPHRASE),
+        metadata=(("traceparent", f"00-{trace_id}-{'cd' * 8}-01"),),
+    )
+    assert hit.cached
+
+    def lookup_spans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        names = ("rag.gateway.cache", "rag.gateway.semantic_cache")
+        return [s for s in spans if s.trace_id == trace_id and s.name in names]
+
+    received = otlp_receiver.wait_for(lambda all_spans: len(lookup_spans(all_spans)) >= 2)
+    spans = {s.name: s for s in lookup_spans(received)}
+    exact, semantic = spans["rag.gateway.cache"], spans["rag.gateway.semantic_cache"]
+    assert exact.attributes["rag.gateway.cache_hit"] is False
+    assert semantic.attributes["rag.gateway.cache_hit"] is True
+    assert semantic.attributes["rag.gateway.cache_hit_kind"] == "semantic"
+    similarity = semantic.attributes["rag.gateway.cache_similarity"]
+    assert isinstance(similarity, float)
+    assert MIN_SIMILARITY <= similarity <= 1.0
