@@ -33,6 +33,7 @@ from pathlib import Path
 from benchkit.cli import DEFAULT_SCIFACT, parser
 from benchkit.machine import describe, load_average
 from benchkit.output import log, verdict
+from benchkit.rpc import channel
 from benchkit.stack import free_ports
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
@@ -40,7 +41,6 @@ from rag_cli import beir
 from rag_cli.answers.metrics import citation_precision
 from rag_cli.stack import Stack
 from search_bench.corpus import Corpus, ingest, load_corpus
-from search_bench.paths import channel
 from services.generator.backends.extractive import ExtractiveBackend
 from services.generator.config import GeneratorSettings
 from services.generator.server import build_assembler

@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import psutil
 
+from benchkit import rpc
 from benchkit.cli import DEFAULT_SCIFACT, parser
 from benchkit.cpu import BENCH
 from benchkit.machine import describe, load_average
 from benchkit.output import log
-from benchkit.stack import free_ports
+from benchkit.stack import data_directory, free_ports
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
@@ -67,16 +65,6 @@ MAX_CHANNELS = 4
 AGREEMENT_QUERIES = 30
 
 
-@contextlib.contextmanager
-def data_directory(given: Path | None) -> Iterator[Path]:
-    if given is not None:
-        given.mkdir(parents=True, exist_ok=True)
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="rag-bench-search-") as made:
-        yield Path(made)
-
-
 async def measure(stack: Stack, namespace: str, corpus: Corpus, model: EmbeddingModel, s: Settings) -> Result:
     embedder = QueryEmbedder(model)
     embedder.start()
@@ -87,7 +75,7 @@ async def measure(stack: Stack, namespace: str, corpus: Corpus, model: Embedding
 
     def channels(name: str, audience: str = "") -> list[grpc.aio.Channel]:
         made = [
-            paths.channel(stack.target(name), signer if audience else None, audience)
+            rpc.channel(stack.target(name), signer if audience else None, audience)
             for _ in range(MAX_CHANNELS)
         ]
         opened.extend(made)
@@ -158,7 +146,7 @@ def run(args: argparse.Namespace) -> Result:
     corpus = load_corpus(args.data, args.documents)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with (
-        data_directory(args.data_dir) as data_dir,
+        data_directory(args.data_dir, "rag-bench-search-") as data_dir,
         Stack(data_dir=data_dir, ports=free_ports(), env=STACK_ENV) as stack,
     ):
         log(f"stack up in {data_dir}; ingesting {len(corpus.documents)} documents")

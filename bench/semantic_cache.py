@@ -28,17 +28,14 @@ minutes on two cores once the corpus is ingested.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from benchkit.cli import DEFAULT_SCIFACT, parser
 from benchkit.machine import describe, load_average
 from benchkit.output import log
-from benchkit.stack import free_ports
+from benchkit.stack import data_directory, free_ports
 from rag_cli.stack import Stack
 from search_bench.corpus import ingest, load_corpus
 from semantic_cache_bench.claims import train_claims
@@ -60,16 +57,6 @@ NAMESPACE = "scifact"
 STACK_ENV = {"EMBEDDER_CACHE_SIZE": "0"}
 
 
-@contextlib.contextmanager
-def data_directory(given: Path | None) -> Iterator[Path]:
-    if given is not None:
-        given.mkdir(parents=True, exist_ok=True)
-        yield given
-        return
-    with tempfile.TemporaryDirectory(prefix="rag-bench-semantic-cache-") as made:
-        yield Path(made)
-
-
 def run(args: argparse.Namespace) -> Result:
     started = time.perf_counter()
     load_at_start = load_average()
@@ -77,7 +64,7 @@ def run(args: argparse.Namespace) -> Result:
     claims = train_claims(args.data)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with (
-        data_directory(args.data_dir) as data_dir,
+        data_directory(args.data_dir, "rag-bench-semantic-cache-") as data_dir,
         Stack(data_dir=data_dir, ports=free_ports(), env=STACK_ENV) as stack,
     ):
         log(f"stack up in {data_dir}; ingesting {len(corpus.documents)} documents (unchanged: skipped)")

@@ -24,6 +24,18 @@ def free_ports() -> dict[str, int]:
 
 
 @contextlib.contextmanager
+def data_directory(given: Path | None, prefix: str) -> Iterator[Path]:
+    """`given`, made if missing and kept afterwards (a later run reuses what is in it); else a
+    temporary directory named `prefix`..., gone afterwards."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as made:
+        yield Path(made)
+
+
+@contextlib.contextmanager
 def running_stack(prefix: str, env: Mapping[str, str]) -> Iterator[Stack]:
     """Every service and an embedded PostgreSQL, in a temporary directory named `prefix`..."""
     with (

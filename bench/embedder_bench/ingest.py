@@ -15,7 +15,6 @@ from benchkit.cpu import BENCH, CpuMeter, Tally
 from benchkit.output import log
 from benchkit.stack import running_stack
 from embedder_bench.ceiling import Reference
-from embedder_bench.service import channel
 from embedder_bench.settings import SERVICE_ENV
 from embedder_bench.texts import Texts
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -46,7 +45,7 @@ async def ingest_calls(stack: Stack, texts: Texts, namespace: str, reference: Re
     tally = Tally()
     stage_ms: dict[str, float] = defaultdict(float)
     created = 0
-    async with channel(stack.gateway_target) as opened:
+    async with rpc.channel(stack.gateway_target) as opened:
         gateway = gateway_pb2_grpc.GatewayServiceStub(opened)
 
         async def call(documents: list[CorpusDocument], into: str) -> gateway_pb2.IngestDocumentsResponse:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import psutil
 
+from benchkit import rpc
 from benchkit.cpu import BENCH, CpuMeter, Tally
 from benchkit.output import log
 from benchkit.stack import running_service
@@ -20,6 +21,8 @@ from embedder_bench.settings import SERVICE_ENV, Settings
 from embedder_bench.texts import ShortTexts, Texts
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag_cli.metrics import percentile
+from services.common.internal_auth import TokenSigner
+from services.common.registry import EMBEDDER
 from services.embedder.model import EmbeddingModel
 
 LOAD_LEVELS = ((1, 1), (8, 8), (32, 1), (32, 4), (32, 32))  # (clients, channels)
@@ -60,17 +63,27 @@ class CacheHits:
         self.count = 0
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the embedder under test listens, and the key its calls are signed with."""
+
+    target: str
+    signer: TokenSigner
+
+    def channel(self) -> grpc.aio.Channel:
+        return rpc.channel(self.target, self.signer, EMBEDDER.name)
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rsplit(":", 1)[1])
+
+
 @contextlib.contextmanager
-def embedder_service(data_dir: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """The embedder alone, started as Stack starts it, with SERVICE_ENV; yields its target and process."""
+def embedder_service(data_dir: Path) -> Iterator[tuple[Endpoint, psutil.Process]]:
+    """The embedder alone, started as Stack starts it, with SERVICE_ENV; yields it and its process."""
     with running_service("embedder", data_dir, SERVICE_ENV) as stack:
-        yield stack.target("embedder"), psutil.Process(stack.process("embedder").pid)
-
-
-def channel(target: str) -> grpc.aio.Channel:
-    # A local subchannel pool: channels to one target in one process would
-    # otherwise share a single TCP connection, and "a channel per client" would mean nothing.
-    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        endpoint = Endpoint(stack.target("embedder"), stack.signer())
+        yield endpoint, psutil.Process(stack.process("embedder").pid)
 
 
 def _query(text: str) -> embedder_pb2.EmbedRequest:
@@ -85,15 +98,15 @@ def _connections(server: psutil.Process, port: int) -> int:
     )
 
 
-async def check_cache_off(target: str) -> None:
-    async with channel(target) as opened:
+async def check_cache_off(target: Endpoint) -> None:
+    async with target.channel() as opened:
         info = await embedder_pb2_grpc.EmbedderServiceStub(opened).Info(embedder_pb2.InfoRequest())
     if info.cache.capacity != 0:
         raise RuntimeError(f"the embedder under test has a cache of {info.cache.capacity}; it must be off")
 
 
 async def closed_loop(
-    target: str,
+    target: Endpoint,
     server: psutil.Process,
     texts: ShortTexts,
     clients: int,
@@ -104,7 +117,7 @@ async def closed_loop(
 ) -> Load:
     """`clients` callers, each sending one short text per Embed call as soon as the last is answered,
     in rounds between slices of the ceiling."""
-    opened = [channel(target) for _ in range(channels)]
+    opened = [target.channel() for _ in range(channels)]
     stubs = [embedder_pb2_grpc.EmbedderServiceStub(c) for c in opened]
     tally = Tally()
     latencies: list[float] = []
@@ -129,7 +142,7 @@ async def closed_loop(
         meter = CpuMeter({"server": server, "bench": BENCH})
         window_start = time.perf_counter()
         await asyncio.sleep(s.round_s / 2)
-        connections = max(connections, _connections(server, int(target.rsplit(":", 1)[1])))
+        connections = max(connections, _connections(server, target.port))
         await asyncio.sleep(s.round_s / 2)
         cores = meter.stop()
         window_end = time.perf_counter()
@@ -151,13 +164,13 @@ async def closed_loop(
 
 
 async def single_queries(
-    target: str, model: EmbeddingModel, texts: ShortTexts, count: int, hits: CacheHits
+    target: Endpoint, model: EmbeddingModel, texts: ShortTexts, count: int, hits: CacheHits
 ) -> SingleQuery:
     """One query at a time through gRPC, each beside an in-process encode of another text, in turn."""
     encode = onnx_encode(model)
     grpc_ms: list[float] = []
     in_process_ms: list[float] = []
-    async with channel(target) as opened:
+    async with target.channel() as opened:
         stub = embedder_pb2_grpc.EmbedderServiceStub(opened)
 
         async def over_grpc() -> float:
@@ -182,13 +195,18 @@ async def single_queries(
 
 
 async def stream_chunks(
-    target: str, server: psutil.Process, chunks: list[str], reference: Reference, s: Settings, hits: CacheHits
+    target: Endpoint,
+    server: psutil.Process,
+    chunks: list[str],
+    reference: Reference,
+    s: Settings,
+    hits: CacheHits,
 ) -> tuple[Tally, Tally]:
     """The chunks through EmbedStream, STREAM_BATCH texts a message as the gateway sends them: one call
     a round, each round a share of the chunks; the chunks' tally and the ceiling slices'."""
     tally = Tally()
     per_round = -(-len(chunks) // s.rounds)
-    async with channel(target) as opened:
+    async with target.channel() as opened:
         await opened.channel_ready()
         stub = embedder_pb2_grpc.EmbedderServiceStub(opened)
 
@@ -225,7 +243,7 @@ async def stream_chunks(
 
 
 async def measure_service(
-    target: str,
+    target: Endpoint,
     server: psutil.Process,
     model: EmbeddingModel,
     texts: Texts,

@@ -13,15 +13,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-import grpc
-
 from rag.common.v1 import common_pb2
 from rag.embedder.v1 import embedder_pb2, embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from search_bench.floor import ChunkKey, Floor, QueryEmbedder, StoreSearch
 from search_bench.settings import TOP_K
-from services.common.internal_auth import TokenSigner, signing_interceptors
 from services.common.tenant import Tenant
 from services.retriever.hybrid import SearchMode
 
@@ -51,14 +48,6 @@ Response = TypeVar("Response", bound=_Timed)
 
 # Given the index of a query, makes one search with it.
 Call = Callable[[int], Awaitable[Sample]]
-
-
-def channel(target: str, signer: TokenSigner | None = None, audience: str = "") -> grpc.aio.Channel:
-    """A channel of its own TCP connection (a local subchannel pool), signing calls for `audience`."""
-    interceptors = signing_interceptors(signer, audience) if signer is not None else None
-    return grpc.aio.insecure_channel(
-        target, options=[("grpc.use_local_subchannel_pool", 1)], interceptors=interceptors
-    )
 
 
 def _stages(timings: Sequence[common_pb2.StageTiming]) -> dict[str, float]:

@@ -94,9 +94,36 @@ def report(r: Result) -> None:
         for name in ("gateway", "retriever", "embedder"):
             if name in by_clients[1]:
                 print(f"  {name}: {_stage_medians(by_clients[1][name].samples)}")
+        report_hops(by_clients[1])
     report_ask(r.ask)
     report_targets(r)
     print(f"\n{r.seconds / 60:.1f} minutes in all")
+
+
+def _stage(samples: Sequence[Sample], stage: str) -> float:
+    return statistics.median(sample.stages[stage] for sample in samples if stage in sample.stages)
+
+
+def report_hops(one: dict[str, Level]) -> None:
+    """Where a 1-client search's time goes: each hop's wait against the work at its other end (p50s)."""
+    gateway, retriever = one[GATEWAY].samples, one["retriever"].samples
+    total, embed, retrieve = _p(gateway, 50), _stage(gateway, "embed"), _stage(gateway, "retrieve")
+    searched = _stage(retriever, "search")
+    print(
+        f"where the time goes, 1 client, p50 ms: through the gateway {total:.2f} against the floor's"
+        f" {_p(one[FLOOR].samples, 50):.2f}\n"
+        f"  the gateway's own work and the client's hop {total - embed - retrieve:.2f}\n"
+        f"  retrieve {retrieve:.2f}: the retriever's search stage {searched:.2f}, its hop"
+        f" {retrieve - searched:.2f} (called directly: {_p(retriever, 50) - searched:.2f})"
+    )
+    if "embedder" in one:
+        embedder = one["embedder"].samples
+        inside = _stage(embedder, "embed")
+        print(
+            f"  embed {embed:.2f}: the embedder's embed stage {inside:.2f} (in this process:"
+            f" {_p(one['embed'].samples, 50):.2f}), its hop {embed - inside:.2f} (called directly:"
+            f" {_p(embedder, 50) - inside:.2f})"
+        )
 
 
 def report_ask(ask: AskRun) -> None:

@@ -2,11 +2,11 @@
 
 A grpc.aio client interceptor wraps each call in an interceptor call object
 with a task of its own, whatever the interceptor does: about 0.25 ms of CPU
-per call and interceptor on these machines (bench/README.md, "the query
-path"). The gateway's only per-call client work is adding metadata (its
-signed token and the trace context), so its channels do just that, as the
-generated stubs call them: every multi-callable the stub asks for adds the
-metadata when called, and the call is gRPC's own.
+per call and interceptor on these machines (bench/README.md, "search.py").
+The gateway's only per-call client work is adding metadata (its signed token
+and the trace context), so its channels do just that, as the generated stubs
+call them: every multi-callable the stub asks for adds the metadata when
+called, and the call is gRPC's own.
 """
 
 from __future__ import annotations

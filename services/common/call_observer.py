@@ -11,8 +11,8 @@
   "OK", "INVALID_ARGUMENT").
 
 One wrapper does both, where opentelemetry-instrumentation-grpc's server
-interceptor and a metrics interceptor used to wrap every call twice: about
-0.2 ms of CPU per call less (bench/README.md, "the query path"). It sits
+interceptor and a metrics interceptor used to wrap every call twice (about
+0.1 ms of CPU per call less; bench/README.md, "search.py"). It sits
 outside ErrorInterceptor, so a servicer's exception arrives here as the abort
 it was turned into, with its status on the context. A stream is timed until
 its last message is sent, or until it fails or the caller goes away.

@@ -30,15 +30,18 @@ class EmbedderSettings(ServerSettings):
     onnx_min_cosine: float = Field(0.999, gt=0, le=1)
     # Threads inside one model call; 0 lets the engine use every core.
     intra_op_threads: int = Field(0, ge=0, le=256)
-    # Let ONNX Runtime's threads spin-wait between calls: a little lower latency on a
-    # node of its own, cores taken from everything else on a shared one
-    # (services/common/onnx_options.py).
-    onnx_spin_wait: bool = False
+    # Let ONNX Runtime's threads go on spin-waiting between model calls: a little lower
+    # latency on a node of its own, cores taken from everything else on a shared one
+    # (services/common/onnx_options.py). Within a call they spin either way.
+    onnx_spin_between_runs: bool = False
 
     # Dynamic batching: concurrent requests share model batches, bounded by
     # texts and by padded tokens (texts x longest text), since long texts are
-    # compute-bound and gain nothing from big batches.
-    inference_batch_size: int = Field(64, ge=1, le=1024)
+    # compute-bound and gain nothing from big batches. On 2 cores the ONNX engine
+    # embeds SciFact's short texts fastest in batches of 1 to 8 (266, 248, 214
+    # and 187 texts/s at 1, 8, 32 and 64): 32 one-text clients get 186 texts/s
+    # from the service at 64, 226 at 8 (bench/README.md, "embedder.py").
+    inference_batch_size: int = Field(8, ge=1, le=1024)
     max_batch_tokens: int = Field(2048, ge=16)
     # How long a non-full batch waits for more texts; 0 runs as soon as the
     # model is free, which keeps a lone query's latency at the model's own.

@@ -55,7 +55,7 @@ class EmbeddingModel:
                 tokenizer,
                 cache_dir=settings.onnx_cache_dir,
                 intra_op_threads=settings.intra_op_threads,
-                spin_wait=settings.onnx_spin_wait,
+                spin_between_runs=settings.onnx_spin_between_runs,
                 min_cosine=settings.onnx_min_cosine,
             )
         else:

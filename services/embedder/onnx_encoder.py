@@ -126,7 +126,7 @@ def load(
     cache_dir: Path,
     intra_op_threads: int,
     min_cosine: float,
-    spin_wait: bool = False,
+    spin_between_runs: bool = False,
 ) -> OnnxEncoder:
     """The ONNX engine for `model`, exported on first use and checked against torch every time."""
     path = cache_dir / f"{weights_fingerprint(model)}.onnx"
@@ -135,7 +135,7 @@ def load(
     else:
         log.info("exporting the model to ONNX at %s (once per set of weights)", path)
         export(model, tokenizer, path)
-    options = session_options(intra_op_threads=intra_op_threads, spin_wait=spin_wait)
+    options = session_options(intra_op_threads=intra_op_threads, spin_between_runs=spin_between_runs)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     encoder = OnnxEncoder(session, _pooling_mode(model))
 
