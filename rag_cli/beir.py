@@ -107,7 +107,7 @@ def read_queries(path: Path) -> dict[str, str]:
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """query id -> {corpus id: score}, skipping the header line."""
     qrels: dict[str, dict[str, int]] = {}
-    for index, (number, line) in enumerate(_lines(path)):
+    for index, (number, line) in enumerate(text_lines(path)):
         fields = line.rstrip("\r\n").split("\t")
         if index == 0 and not _is_int(fields[-1]):
             continue  # the header: query-id, corpus-id, score
@@ -127,24 +127,25 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line, decoded as UTF-8."""
+def text_lines(path: Path, error_type: type[Exception] = DatasetError) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, decoded as UTF-8 (a BOM on the first line is
+    dropped); a missing file or bytes that are not UTF-8 raise `error_type` naming the line."""
     try:
         file = path.open("rb")
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
+        raise error_type(f"{path}: no such file") from None
     with file:
         for number, raw in enumerate(file, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as error:
-                raise DatasetError(f"{path} line {number}: not UTF-8 ({error.reason})") from None
+                raise error_type(f"{path} line {number}: not UTF-8 ({error.reason})") from None
             if line.strip():
                 yield number, line
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in _lines(path):
+    for number, line in text_lines(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:

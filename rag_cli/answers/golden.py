@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rag_cli import beir
 from services.common.limits import MAX_DOCUMENT_ID_CHARS, MAX_QUESTION_CHARS
 from services.common.validation import NAMESPACE_PATTERN, NAMESPACE_RULE
 
@@ -160,27 +161,16 @@ def _texts(record: Mapping[str, Any], name: str, what: str, max_chars: int | Non
 
 def _records(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """(line number, object) of each non-blank line."""
-    try:
-        file = path.open("rb")
-    except FileNotFoundError:
-        raise GoldenSetError(f"{path}: no such file") from None
-    with file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise GoldenSetError(f"{path} line {number}: not UTF-8 ({error.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise GoldenSetError(
-                    f"{path} line {number}: not valid JSON ({error.msg}); expected one object per line"
-                ) from None
-            if not isinstance(record, dict):
-                raise GoldenSetError(
-                    f"{path} line {number}: expected a JSON object with {', '.join(REQUIRED_FIELDS)},"
-                    f" got {type(record).__name__}"
-                )
-            yield number, record
+    for number, line in beir.text_lines(path, GoldenSetError):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise GoldenSetError(
+                f"{path} line {number}: not valid JSON ({error.msg}); expected one object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise GoldenSetError(
+                f"{path} line {number}: expected a JSON object with {', '.join(REQUIRED_FIELDS)},"
+                f" got {type(record).__name__}"
+            )
+        yield number, record
