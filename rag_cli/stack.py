@@ -223,6 +223,8 @@ class Stack(StartsAndStops):
             for service in reversed(SERVICES)
             if service.name in self._processes
         }
+        # Then any process started under a name of its own (a test's extra gateway, say).
+        codes |= {name: self.stop_service(name) for name in list(self._processes)}
         if self._postgres is not None:
             self._postgres.cleanup()
             self._postgres = None

@@ -40,7 +40,7 @@ class EmbedderSettings(ServerSettings):
     # compute-bound and gain nothing from big batches. On 2 cores the ONNX engine
     # embeds SciFact's short texts fastest in batches of 1 to 8 (266, 248, 214
     # and 187 texts/s at 1, 8, 32 and 64): 32 one-text clients get 186 texts/s
-    # from the service at 64, 226 at 8 (bench/README.md, "embedder.py").
+    # from the service at 64, 231 to 240 at 8 (bench/README.md, "embedder.py").
     inference_batch_size: int = Field(8, ge=1, le=1024)
     max_batch_tokens: int = Field(2048, ge=16)
     # How long a non-full batch waits for more texts; 0 runs as soon as the
