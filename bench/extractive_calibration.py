@@ -31,16 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit.cli import DEFAULT_SCIFACT, parser
+from benchkit.corpus import Corpus, ingest, load_corpus, stack_with_corpus
 from benchkit.machine import describe, load_average
 from benchkit.output import log, verdict
 from benchkit.rpc import channel
-from benchkit.stack import free_ports
 from rag.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from rag.retriever.v1 import retriever_pb2
 from rag_cli import beir
 from rag_cli.answers.metrics import citation_precision
-from rag_cli.stack import Stack
-from search_bench.corpus import Corpus, ingest, load_corpus
 from services.generator.backends.extractive import ExtractiveBackend
 from services.generator.config import GeneratorSettings
 from services.generator.server import build_assembler
@@ -51,6 +49,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 MIN_OVERLAPS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 TARGET_ANSWERED, TARGET_PRECISION, TARGET_REFUSED = 0.70, 0.60, 0.95
 CONCURRENCY = 8
+# Every Ask answered afresh: the curve is of the generator, not of the cache.
+STACK_ENV = {"GATEWAY_ANSWER_CACHE_SIZE": "0"}
 
 
 @dataclass(frozen=True)
@@ -155,10 +155,9 @@ def run(args: argparse.Namespace) -> None:
     load_at_start = load_average()
     claims = read_claims(args.data, args.split)
     corpus = load_corpus(args.data, None)
-    data_dir = args.data_dir or Path(f"/tmp/rag-bench-calibration-{time.strftime('%Y%m%d-%H%M%S')}")
-    with Stack(data_dir=data_dir, ports=free_ports(), env={"GATEWAY_ANSWER_CACHE_SIZE": "0"}) as stack:
-        log(f"stack up in {data_dir}; ingesting the corpus and samples/")
-        ingest(stack.gateway_target, args.namespace, corpus)
+    with stack_with_corpus(
+        args.data_dir, "rag-bench-calibration-", STACK_ENV, args.namespace, corpus
+    ) as stack:
         ingest_samples(stack.gateway_target)
         log(f"searching {len(claims)} claims in {args.namespace} and in {OUT_OF_CORPUS}")
         inside = asyncio.run(sources_of(stack.gateway_target, args.namespace, claims))

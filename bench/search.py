@@ -40,17 +40,16 @@ import psutil
 
 from benchkit import rpc
 from benchkit.cli import DEFAULT_SCIFACT, parser
+from benchkit.corpus import Corpus, load_corpus, stack_with_corpus
 from benchkit.cpu import BENCH
 from benchkit.machine import describe, load_average
 from benchkit.output import log
-from benchkit.stack import data_directory, free_ports
 from rag.embedder.v1 import embedder_pb2_grpc
 from rag.gateway.v1 import gateway_pb2_grpc
 from rag.generator.v1 import generator_pb2_grpc
 from rag.retriever.v1 import retriever_pb2_grpc
 from rag_cli.stack import Stack
 from search_bench import ask, paths
-from search_bench.corpus import Corpus, ingest, load_corpus
 from search_bench.floor import Floor, QueryEmbedder, StoreSearch
 from search_bench.loop import Level, QueryCycle, alternate
 from search_bench.report import Result, report
@@ -145,12 +144,7 @@ def run(args: argparse.Namespace) -> Result:
     load_at_start = load_average()
     corpus = load_corpus(args.data, args.documents)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with (
-        data_directory(args.data_dir, "rag-bench-search-") as data_dir,
-        Stack(data_dir=data_dir, ports=free_ports(), env=STACK_ENV) as stack,
-    ):
-        log(f"stack up in {data_dir}; ingesting {len(corpus.documents)} documents")
-        ingest(stack.gateway_target, args.namespace, corpus)
+    with stack_with_corpus(args.data_dir, "rag-bench-search-", STACK_ENV, args.namespace, corpus) as stack:
         chunks = asyncio.run(ask.chunk_count(stack.database_url_in_use, args.namespace))
         log("loading the model in process")
         model = EmbeddingModel.load(EmbedderSettings())

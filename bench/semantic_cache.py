@@ -4,7 +4,7 @@
                                    [--documents N] [--clients 2]
 
 1. The whole stack (rag_cli.stack.Stack, embedded PostgreSQL) and SciFact's
-   corpus ingested through the gateway (search_bench/corpus.py: with
+   corpus ingested through the gateway (benchkit/corpus.py: with
    --data-dir a later run re-ingests nothing; the first embeds the corpus,
    about ten minutes; --documents N ingests only the first N, for a smoke run).
 2. Each train claim (never a test claim) asked once through the gateway's Ask,
@@ -33,13 +33,11 @@ import time
 from pathlib import Path
 
 from benchkit.cli import DEFAULT_SCIFACT, parser
+from benchkit.corpus import load_corpus, stack_with_corpus
 from benchkit.machine import describe, load_average
 from benchkit.output import log
-from benchkit.stack import data_directory, free_ports
-from rag_cli.stack import Stack
-from search_bench.corpus import ingest, load_corpus
+from rag_cli.answers.embedding import TextEmbedder
 from semantic_cache_bench.claims import train_claims
-from semantic_cache_bench.embedding import embed_queries
 from semantic_cache_bench.fresh import ask_each
 from semantic_cache_bench.opposites import opposite_pairs
 from semantic_cache_bench.replay import (
@@ -63,16 +61,13 @@ def run(args: argparse.Namespace) -> Result:
     corpus = load_corpus(args.data, args.documents)
     claims = train_claims(args.data)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with (
-        data_directory(args.data_dir, "rag-bench-semantic-cache-") as data_dir,
-        Stack(data_dir=data_dir, ports=free_ports(), env=STACK_ENV) as stack,
-    ):
-        log(f"stack up in {data_dir}; ingesting {len(corpus.documents)} documents (unchanged: skipped)")
-        ingest(stack.gateway_target, args.namespace, corpus)
+    with stack_with_corpus(
+        args.data_dir, "rag-bench-semantic-cache-", STACK_ENV, args.namespace, corpus
+    ) as stack:
         log(f"asking the {len(claims)} train claims, the answer cache skipped")
         answers = ask_each(stack.gateway_target, args.namespace, claims, args.clients)
     log("embedding the claims in process")
-    vectors = embed_queries([claim.text for claim in claims])
+    vectors = TextEmbedder.load().embed([claim.text for claim in claims], query=True)
     similarities = vectors @ vectors.T
     tallies = [
         tally(replay(claims, similarities, threshold, guard=guard), claims, answers)

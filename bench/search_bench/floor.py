@@ -20,13 +20,12 @@ import asyncio
 import asyncpg
 
 from benchkit import defaults
-from benchkit.store import connect_store
+from benchkit.store import DEFAULT_BM25, DEFAULT_FUSION, connect_store
 from services.embedder.batcher import BatchLimits, DynamicBatcher
 from services.embedder.config import EmbedderSettings
 from services.embedder.model import EmbeddingModel, InputKind
 from services.retriever.hybrid import (
     HITS_SQL,
-    Fusion,
     SearchMode,
     SearchQuery,
     dense_hits_sql,
@@ -35,7 +34,6 @@ from services.retriever.hybrid import (
     dense_search_settings,
     fuse,
 )
-from services.retriever.keyword import Bm25
 from services.retriever.keyword_search import search_keyword
 from services.retriever.schema import DEFAULT_TEXT_SEARCH_CONFIG
 from services.retriever.store import ChunkStore
@@ -43,8 +41,6 @@ from services.retriever.store.connection import create_pool, session_settings
 
 # Two connections a client (at most 32): a hybrid search's two legs at once, never waiting for one.
 FLOOR_POOL_SIZE = 64
-_FUSION = Fusion(defaults.RRF_K, defaults.DENSE_WEIGHT, defaults.KEYWORD_WEIGHT, defaults.CANDIDATE_DEPTH)
-_BM25 = Bm25(defaults.BM25_K1, defaults.BM25_B)
 
 # A hit as every path reports it: (document id, chunk index).
 ChunkKey = tuple[str, int]
@@ -99,7 +95,7 @@ class Floor:
         """The hits, best first; their fields are fetched as the retriever fetches them."""
         embedding = await self._embedder.embed(query)
         search = SearchQuery(
-            namespace, mode, top_k, embedding, query, None, _FUSION, defaults.DEFAULT_EF_SEARCH
+            namespace, mode, top_k, embedding, query, None, DEFAULT_FUSION, defaults.DEFAULT_EF_SEARCH
         )
         if mode is SearchMode.DENSE:
             sql, params = dense_hits_sql(search)
@@ -129,7 +125,7 @@ async def _keyword(conn: asyncpg.Connection, search: SearchQuery) -> list[tuple[
         search.text,
         search.depth,
         text_search_config=DEFAULT_TEXT_SEARCH_CONFIG,
-        bm25=_BM25,
+        bm25=DEFAULT_BM25,
     )
     return list(zip(leg.chunk_ids, leg.scores, strict=True))
 

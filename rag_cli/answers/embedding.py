@@ -46,9 +46,11 @@ class TextEmbedder:
     def name(self) -> str:
         return self._model.name
 
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> npt.NDArray[np.float32]:
         """L2-normalised vectors, one row per text, in order (so a dot product is the cosine).
 
+        As passages by default: both sides of an answer's comparisons are (the same prefix, none
+        for MiniLM, on all); `query` embeds them as the embedder embeds a search query.
         Blocking: call it off the event loop.
         """
         from services.embedder.model import InputKind
@@ -56,8 +58,8 @@ class TextEmbedder:
         vectors = np.zeros((len(texts), self._model.dimension), dtype=np.float32)
         if not texts:
             return vectors
-        # Both sides of every comparison are passages: the same prefix (none, for MiniLM) on all.
-        tokenized = self._model.tokenizer.tokenize(self._model.with_prefix(list(texts), InputKind.DOCUMENT))
+        kind = InputKind.QUERY if query else InputKind.DOCUMENT
+        tokenized = self._model.tokenizer.tokenize(self._model.with_prefix(list(texts), kind))
         order = sorted(range(len(texts)), key=lambda index: len(tokenized[index]))
         for start in range(0, len(order), self._batch_size):
             rows = order[start : start + self._batch_size]

@@ -1,13 +1,18 @@
-"""SciFact's corpus and claims, read in place, and the corpus ingested through the gateway."""
+"""SciFact's corpus and claims, read in place, and the whole stack with the corpus ingested."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchkit.output import log
+from benchkit.stack import data_directory, free_ports
 from rag_cli import beir
 from rag_cli.client import gateway_client
 from rag_cli.eval import ingest_corpus
+from rag_cli.stack import Stack
 
 INGEST_BATCH = 32
 
@@ -30,3 +35,18 @@ def ingest(gateway_target: str, namespace: str, corpus: Corpus) -> int:
     returns the index version after it."""
     with gateway_client(gateway_target, tls=None, api_key=None, timeout_s=600) as gateway:
         return ingest_corpus(gateway, namespace, corpus.documents, INGEST_BATCH).index_version
+
+
+@contextlib.contextmanager
+def stack_with_corpus(
+    data_dir: Path | None, prefix: str, env: Mapping[str, str], namespace: str, corpus: Corpus
+) -> Iterator[Stack]:
+    """The whole stack, its data in `data_dir` (kept, so a later run ingests nothing new) or else in
+    a temporary directory named `prefix`..., with `corpus` ingested into `namespace`."""
+    with (
+        data_directory(data_dir, prefix) as directory,
+        Stack(data_dir=directory, ports=free_ports(), env=env) as stack,
+    ):
+        log(f"stack up in {directory}; ingesting {len(corpus.documents)} documents (unchanged ones skipped)")
+        ingest(stack.gateway_target, namespace, corpus)
+        yield stack
